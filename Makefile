@@ -1,0 +1,56 @@
+# The one entry point: `make help` lists the targets.
+SHELL := /bin/bash
+export GOTOOLCHAIN := local
+
+GO      ?= go
+BIN     := bin
+SQLC    := $(BIN)/sqlc
+LINT    := $(BIN)/golangci-lint
+TESTFLAGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+# Tool versions are pinned once, in tools/go.mod.
+$(SQLC): tools/go.mod tools/go.sum
+	cd tools && $(GO) build -o ../$(SQLC) github.com/sqlc-dev/sqlc/cmd/sqlc
+
+$(LINT): tools/go.mod tools/go.sum
+	cd tools && $(GO) build -o ../$(LINT) github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+
+.PHONY: tools
+tools: $(SQLC) $(LINT) ## Build the pinned tools (sqlc, golangci-lint) into bin/
+
+.PHONY: generate
+generate: $(SQLC) ## Regenerate the sqlc code from db/queries and the migrations
+	$(SQLC) generate
+
+.PHONY: check-generated
+check-generated: $(SQLC) ## Fail if the generated sqlc code is out of date
+	$(SQLC) diff
+
+.PHONY: build
+build: ## Build the sweeper binary into bin/
+	$(GO) build -o $(BIN)/sweeper ./cmd/sweeper
+
+.PHONY: vet
+vet: ## go vet
+	$(GO) vet ./...
+
+.PHONY: lint
+lint: $(LINT) ## golangci-lint
+	$(LINT) run ./...
+
+.PHONY: test
+test: ## Run every test with -race (starts a throwaway PostgreSQL unless TEST_DATABASE_URL is set)
+	$(GO) test -race -count=1 $(TESTFLAGS) ./...
+
+.PHONY: ci
+ci: check-generated vet lint test ## Everything CI checks
+
+.PHONY: clean
+clean: ## Remove built binaries and tools
+	rm -rf $(BIN)

@@ -1,0 +1,26 @@
+// Package migrations embeds the goose migration files, so the binary can
+// migrate a database without the source tree.
+//
+// There are two independent sets, each with its own goose version table:
+// Tasker is the tasker-compatible subset of the orchestrator's schema (for
+// tests, the demo and standalone use); the orchestrator's own migrations
+// create the real thing in production, and this set must never run there.
+package migrations
+
+import "embed"
+
+// FS holds every migration set, one directory each.
+//
+//go:embed tasker/*.sql
+var FS embed.FS
+
+// Set is one directory of migrations with its own goose version table.
+type Set struct {
+	// Dir is the directory inside FS.
+	Dir string
+	// VersionTable is the goose bookkeeping table for this set.
+	VersionTable string
+}
+
+// TaskerSubset creates the tasker schema subset (SPEC §4).
+var TaskerSubset = Set{Dir: "tasker", VersionTable: "public.sweeper_tasker_subset_version"}

@@ -1,0 +1,150 @@
+// Package db is the PostgreSQL store: it runs the sqlc-generated queries over
+// a pgx pool, maps rows into the domain types of statemachine, handling and
+// sweeper, and maps driver errors into the project's sentinels. Generated
+// types never leave this package.
+package db
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"retrysweeper/db/dbsqlc"
+	"retrysweeper/statemachine"
+)
+
+// Store reads and writes tasker steps through one pool.
+type Store struct {
+	pool *pgxpool.Pool
+	q    *dbsqlc.Queries
+}
+
+// NewStore wraps a pool; the pool should come from Connect (UTC sessions).
+func NewStore(pool *pgxpool.Pool) *Store {
+	return &Store{pool: pool, q: dbsqlc.New(pool)}
+}
+
+// Pool is the underlying pool, for health checks and shutdown.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// StepRecord is one workflow step as the sweeper sees it: the retry columns,
+// the current state and the database clock at the moment it was read.
+type StepRecord struct {
+	StepUUID              uuid.UUID
+	TaskUUID              uuid.UUID
+	NamedStepUUID         uuid.UUID
+	Name                  string
+	Retryable             bool
+	MaxAttempts           *int32
+	InProcess             bool
+	Processed             bool
+	Attempts              *int32
+	LastAttemptedAt       *time.Time
+	BackoffRequestSeconds *int32
+	CreatedAt             time.Time
+	UpdatedAt             time.Time
+	State                 statemachine.State
+	// SortKey is the sort_key of the current transition (0 when there is none).
+	SortKey int32
+	// DBNow is the database's now() when the row was read, in UTC.
+	DBNow time.Time
+}
+
+// GetStep reads a step and its current state; statemachine.ErrStepNotFound
+// when no such step exists.
+func (s *Store) GetStep(ctx context.Context, stepUUID uuid.UUID) (StepRecord, error) {
+	row, err := s.q.StepGet(ctx, stepUUID)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return StepRecord{}, fmt.Errorf("get step %s: %w", stepUUID, statemachine.ErrStepNotFound)
+	}
+	if err != nil {
+		return StepRecord{}, fmt.Errorf("get step %s: %w", stepUUID, translate(err))
+	}
+	state, err := statemachine.ParseState(row.CurrentState)
+	if err != nil {
+		return StepRecord{}, fmt.Errorf("get step %s: %w", stepUUID, err)
+	}
+	return StepRecord{
+		StepUUID:              row.WorkflowStepUUID,
+		TaskUUID:              row.TaskUUID,
+		NamedStepUUID:         row.NamedStepUUID,
+		Name:                  row.StepName,
+		Retryable:             row.Retryable,
+		MaxAttempts:           row.MaxAttempts,
+		InProcess:             row.InProcess,
+		Processed:             row.Processed,
+		Attempts:              row.Attempts,
+		LastAttemptedAt:       row.LastAttemptedAt,
+		BackoffRequestSeconds: row.BackoffRequestSeconds,
+		CreatedAt:             row.CreatedAt,
+		UpdatedAt:             row.UpdatedAt,
+		State:                 state,
+		SortKey:               row.CurrentSortKey,
+		DBNow:                 row.DbNow,
+	}, nil
+}
+
+// Transition asks for one state change of one step: From is the state the
+// caller read, and the write only happens if it is still current.
+type Transition struct {
+	StepUUID uuid.UUID
+	From     statemachine.State
+	Event    statemachine.Event
+	// Provenance keys merged into the transition metadata (who, why, ...).
+	Provenance map[string]any
+}
+
+// TransitionResult describes the row a successful Transition appended.
+type TransitionResult struct {
+	TransitionUUID uuid.UUID
+	From           statemachine.State
+	To             statemachine.State
+	SortKey        int32
+	CreatedAt      time.Time
+}
+
+// WriteTransition appends a transition as a compare-and-swap on tr.From, in
+// one statement. An illegal (state, event) pair is rejected before any I/O
+// (statemachine.ErrInvalidTransition); a state that changed since it was read,
+// or a concurrent writer, gives statemachine.ErrLostRace and writes nothing.
+func (s *Store) WriteTransition(ctx context.Context, tr Transition) (TransitionResult, error) {
+	return writeTransition(ctx, s.q, tr)
+}
+
+// writeTransition runs the CAS write on q, which may be bound to a larger
+// transaction (the inline handler writes the backoff columns in the same one).
+func writeTransition(ctx context.Context, q *dbsqlc.Queries, tr Transition) (TransitionResult, error) {
+	to, err := statemachine.Next(tr.From, tr.Event.Type)
+	if err != nil {
+		return TransitionResult{}, fmt.Errorf("transition step %s: %w", tr.StepUUID, err)
+	}
+	meta, err := statemachine.Metadata(tr.Event, time.Now(), tr.Provenance)
+	if err != nil {
+		return TransitionResult{}, fmt.Errorf("transition step %s: %w", tr.StepUUID, err)
+	}
+	row, err := q.TransitionWrite(ctx, dbsqlc.TransitionWriteParams{
+		WorkflowStepUUID: tr.StepUUID,
+		FromState:        string(tr.From),
+		ToState:          string(to),
+		Metadata:         meta,
+	})
+	if errors.Is(err, pgx.ErrNoRows) {
+		return TransitionResult{}, fmt.Errorf("transition step %s from %s: state changed: %w",
+			tr.StepUUID, tr.From, statemachine.ErrLostRace)
+	}
+	if err != nil {
+		return TransitionResult{}, fmt.Errorf("transition step %s from %s: %w", tr.StepUUID, tr.From, translate(err))
+	}
+	return TransitionResult{
+		TransitionUUID: row.WorkflowStepTransitionUUID,
+		From:           tr.From,
+		To:             to,
+		SortKey:        row.SortKey,
+		CreatedAt:      row.CreatedAt,
+	}, nil
+}

@@ -1,0 +1,150 @@
+// Package testdb gives each test its own migrated PostgreSQL database.
+//
+// With TEST_DATABASE_URL set, databases are created on that server. Without
+// it, the first test to ask starts a private throwaway server (pgserver) for
+// the test binary, deliberately running in a non-UTC time zone so code that
+// forgets to force UTC fails here rather than in production. Each test gets a
+// clone of a template database that was migrated once (pgtestdb).
+package testdb
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver pgtestdb connects with
+	"github.com/peterldowns/pgtestdb"
+	"github.com/peterldowns/pgtestdb/migrators/goosemigrator"
+	"go.uber.org/goleak"
+
+	"retrysweeper/db"
+	"retrysweeper/db/migrations"
+	"retrysweeper/internal/pgserver"
+)
+
+// ServerTimeZone is the zone the private test server runs in.
+const ServerTimeZone = "America/New_York"
+
+var (
+	startOnce sync.Once
+	server    *pgserver.Server
+	baseConf  pgtestdb.Config
+	startErr  error
+)
+
+// Main runs the tests of a package, stops the private server afterwards and
+// fails the run if goroutines leaked. Call it from TestMain.
+func Main(m *testing.M, leakOpts ...goleak.Option) {
+	code := m.Run()
+	if server != nil {
+		if err := server.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "testdb: stop server:", err)
+		}
+	}
+	if code == 0 {
+		if err := goleak.Find(leakOpts...); err != nil {
+			fmt.Fprintln(os.Stderr, "testdb: leaked goroutines:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// Server returns the connection settings of the test server, starting the
+// private one on first use.
+func Server(t testing.TB) pgtestdb.Config {
+	t.Helper()
+	startOnce.Do(func() {
+		if raw := os.Getenv("TEST_DATABASE_URL"); raw != "" {
+			baseConf, startErr = configFromURL(raw)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		server, startErr = pgserver.Start(ctx, pgserver.Options{
+			Settings: map[string]string{"timezone": ServerTimeZone, "log_timezone": ServerTimeZone},
+		})
+		if startErr != nil {
+			return
+		}
+		baseConf = pgtestdb.Config{
+			DriverName: "pgx",
+			Host:       "127.0.0.1",
+			Port:       fmt.Sprint(server.Port()),
+			User:       "postgres",
+			Database:   "postgres",
+			Options:    "sslmode=disable",
+		}
+	})
+	if startErr != nil {
+		t.Fatalf("test database server: %v", startErr)
+	}
+	return baseConf
+}
+
+// Migrator builds the template database: the tasker schema subset.
+func Migrator() pgtestdb.Migrator {
+	return goosemigrator.New(migrations.TaskerSubset.Dir,
+		goosemigrator.WithFS(migrations.FS),
+		goosemigrator.WithTableName(migrations.TaskerSubset.VersionTable),
+	)
+}
+
+// NewURL creates a fresh migrated database for t, dropped when t passes, and
+// returns its connection URL.
+func NewURL(t testing.TB) string {
+	t.Helper()
+	conf := pgtestdb.Custom(t, Server(t), Migrator())
+	return conf.URL()
+}
+
+// NewEmptyURL creates a fresh database with no schema at all, for tests of
+// the migrations themselves.
+func NewEmptyURL(t testing.TB) string {
+	t.Helper()
+	conf := pgtestdb.Custom(t, Server(t), pgtestdb.NoopMigrator{})
+	return conf.URL()
+}
+
+// New creates a fresh migrated database for t and returns a pool on it built
+// by db.Connect (sessions forced to UTC), closed when t ends.
+func New(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool, err := db.Connect(ctx, NewURL(t))
+	if err != nil {
+		t.Fatalf("connect to test database: %v", err)
+	}
+	t.Cleanup(pool.Close)
+	return pool
+}
+
+func configFromURL(raw string) (pgtestdb.Config, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return pgtestdb.Config{}, fmt.Errorf("parse TEST_DATABASE_URL: %w", err)
+	}
+	password, _ := u.User.Password()
+	database := u.Path
+	if len(database) > 0 && database[0] == '/' {
+		database = database[1:]
+	}
+	if database == "" {
+		database = "postgres"
+	}
+	return pgtestdb.Config{
+		DriverName: "pgx",
+		Host:       u.Hostname(),
+		Port:       u.Port(),
+		User:       u.User.Username(),
+		Password:   password,
+		Database:   database,
+		Options:    u.RawQuery,
+	}, nil
+}
