@@ -46,19 +46,29 @@ const maxColumnSeconds = math.MaxInt32
 func (c Config) Validate() error {
 	switch {
 	case c.Base <= 0:
-		return fmt.Errorf("backoff base must be > 0, got %s", c.Base)
+		return &ConfigError{Field: "base", Problem: fmt.Sprintf("must be > 0, got %s", c.Base)}
 	case !(c.Multiplier >= 1) || math.IsInf(c.Multiplier, 1): // the negation also rejects NaN
-		return fmt.Errorf("backoff multiplier must be a finite number >= 1, got %v", c.Multiplier)
+		return &ConfigError{Field: "multiplier", Problem: fmt.Sprintf("must be a finite number >= 1, got %v", c.Multiplier)}
 	case c.Max < c.Base:
-		return fmt.Errorf("backoff max must be >= base, got max %s < base %s", c.Max, c.Base)
+		return &ConfigError{Field: "max", Problem: fmt.Sprintf("must be >= base, got max %s < base %s", c.Max, c.Base)}
 	case c.Max > maxColumnSeconds*time.Second:
-		return fmt.Errorf("backoff max must be <= %ds (backoff_request_seconds is an int column), got %s",
-			maxColumnSeconds, c.Max)
+		return &ConfigError{Field: "max", Problem: fmt.Sprintf(
+			"must be <= %ds (backoff_request_seconds is an int column), got %s", maxColumnSeconds, c.Max)}
 	case !(c.JitterFraction >= 0 && c.JitterFraction <= 1):
-		return fmt.Errorf("backoff jitter_fraction must be in [0, 1], got %v", c.JitterFraction)
+		return &ConfigError{Field: "jitter_fraction", Problem: fmt.Sprintf("must be in [0, 1], got %v", c.JitterFraction)}
 	}
 	return nil
 }
+
+// ConfigError names the Config field that is out of range, so a caller can
+// point at its own name for it (a flag, a config key).
+type ConfigError struct {
+	// Field is the snake_case field name: base, multiplier, max, jitter_fraction.
+	Field   string
+	Problem string
+}
+
+func (e *ConfigError) Error() string { return "backoff " + e.Field + " " + e.Problem }
 
 // Source says where a delay came from. It is recorded in transition metadata so an operator can
 // tell a server-imposed wait from our own backoff.

@@ -82,6 +82,45 @@ func (q *Queries) StepGet(ctx context.Context, workflowStepUuid uuid.UUID) (Step
 	return i, err
 }
 
+const stepRecordFailure = `-- name: StepRecordFailure :one
+UPDATE tasker.workflow_steps
+SET backoff_request_seconds = CASE WHEN $1::boolean
+                                   THEN $2::integer
+                                   ELSE backoff_request_seconds END,
+    last_attempted_at = CASE WHEN $1::boolean THEN now()::timestamp ELSE last_attempted_at END,
+    in_process = CASE WHEN $3::boolean THEN false ELSE in_process END,
+    updated_at = now()
+WHERE workflow_step_uuid = $4
+RETURNING last_attempted_at, backoff_request_seconds
+`
+
+type StepRecordFailureParams struct {
+	SetBackoff            bool
+	BackoffRequestSeconds *int32
+	Release               bool
+	WorkflowStepUUID      uuid.UUID
+}
+
+type StepRecordFailureRow struct {
+	LastAttemptedAt       *time.Time
+	BackoffRequestSeconds *int32
+}
+
+// The step-row half of the inline handler's transaction: optionally the
+// backoff (with last_attempted_at = now(), so the step is due at
+// now() + backoff in database time), optionally releasing in_process.
+func (q *Queries) StepRecordFailure(ctx context.Context, arg StepRecordFailureParams) (StepRecordFailureRow, error) {
+	row := q.db.QueryRow(ctx, stepRecordFailure,
+		arg.SetBackoff,
+		arg.BackoffRequestSeconds,
+		arg.Release,
+		arg.WorkflowStepUUID,
+	)
+	var i StepRecordFailureRow
+	err := row.Scan(&i.LastAttemptedAt, &i.BackoffRequestSeconds)
+	return i, err
+}
+
 const transitionWrite = `-- name: TransitionWrite :one
 WITH retired AS (
     UPDATE tasker.workflow_step_transitions

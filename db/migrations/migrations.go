@@ -24,3 +24,14 @@ type Set struct {
 
 // TaskerSubset creates the tasker schema subset (SPEC §4).
 var TaskerSubset = Set{Dir: "tasker", VersionTable: "public.sweeper_tasker_subset_version"}
+
+// Sets lists the migration sets `sweeper migrate` applies, in order. The
+// tasker subset is included only on request: on an orchestrator's database
+// its tables already exist and are not ours to touch.
+func Sets(withTaskerSubset bool) []Set {
+	var sets []Set
+	if withTaskerSubset {
+		sets = append(sets, TaskerSubset)
+	}
+	return sets
+}

@@ -57,3 +57,17 @@ WHERE EXISTS (SELECT 1 FROM retired)
         SELECT 1 FROM tasker.workflow_step_transitions t
         WHERE t.workflow_step_uuid = @workflow_step_uuid AND t.most_recent))
 RETURNING workflow_step_transition_uuid, sort_key, created_at;
+
+-- name: StepRecordFailure :one
+-- The step-row half of the inline handler's transaction: optionally the
+-- backoff (with last_attempted_at = now(), so the step is due at
+-- now() + backoff in database time), optionally releasing in_process.
+UPDATE tasker.workflow_steps
+SET backoff_request_seconds = CASE WHEN @set_backoff::boolean
+                                   THEN sqlc.narg(backoff_request_seconds)::integer
+                                   ELSE backoff_request_seconds END,
+    last_attempted_at = CASE WHEN @set_backoff::boolean THEN now()::timestamp ELSE last_attempted_at END,
+    in_process = CASE WHEN @release::boolean THEN false ELSE in_process END,
+    updated_at = now()
+WHERE workflow_step_uuid = @workflow_step_uuid
+RETURNING last_attempted_at, backoff_request_seconds;

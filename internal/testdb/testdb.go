@@ -37,17 +37,21 @@ var (
 	startErr  error
 )
 
-// Main runs the tests of a package, stops the private server afterwards and
-// fails the run if goroutines leaked. Call it from TestMain.
-func Main(m *testing.M, leakOpts ...goleak.Option) {
+// Main runs the tests of a package, runs the after functions, stops the
+// private server and fails the run if goroutines leaked. Call it from
+// TestMain.
+func Main(m *testing.M, after ...func()) {
 	code := m.Run()
+	for _, f := range after {
+		f()
+	}
 	if server != nil {
 		if err := server.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "testdb: stop server:", err)
 		}
 	}
 	if code == 0 {
-		if err := goleak.Find(leakOpts...); err != nil {
+		if err := goleak.Find(); err != nil {
 			fmt.Fprintln(os.Stderr, "testdb: leaked goroutines:", err)
 			code = 1
 		}
@@ -115,14 +119,23 @@ func NewEmptyURL(t testing.TB) string {
 // by db.Connect (sessions forced to UTC), closed when t ends.
 func New(t testing.TB) *pgxpool.Pool {
 	t.Helper()
+	pool, _ := NewWithURL(t)
+	return pool
+}
+
+// NewWithURL is New that also returns the database's URL, for tests that
+// hand it to a separate process.
+func NewWithURL(t testing.TB) (*pgxpool.Pool, string) {
+	t.Helper()
+	url := NewURL(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool, err := db.Connect(ctx, NewURL(t))
+	pool, err := db.Connect(ctx, url)
 	if err != nil {
 		t.Fatalf("connect to test database: %v", err)
 	}
 	t.Cleanup(pool.Close)
-	return pool
+	return pool, url
 }
 
 func configFromURL(raw string) (pgtestdb.Config, error) {

@@ -1,0 +1,23 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"retrysweeper/db"
+)
+
+// connectTimeout bounds how long a one-shot command waits for the database.
+const connectTimeout = 15 * time.Second
+
+// openStore connects for a one-shot command; close it with store.Pool().Close().
+func openStore(ctx context.Context, url string) (*db.Store, error) {
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	pool, err := db.Connect(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	return db.NewStore(pool), nil
+}

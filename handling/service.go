@@ -1,0 +1,367 @@
+package handling
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"retrysweeper/backoff"
+	"retrysweeper/statemachine"
+)
+
+// ErrConflict means the step is in a state where the failure cannot be
+// applied (complete, cancelled, in orchestration with a success, ...).
+// Nothing was written.
+var ErrConflict = errors.New("step state does not allow handling a failure")
+
+// ErrInvalidFailure means the failure report itself is unusable (no step id).
+var ErrInvalidFailure = errors.New("invalid failure report")
+
+// Action is what the handler did with a failure.
+type Action string
+
+// The four outcomes of HandleStepError, named as in tasker-core.
+const (
+	ActionMarkedAsPermanentFailure      Action = "MarkedAsPermanentFailure"
+	ActionTransitionedToWaitingForRetry Action = "TransitionedToWaitingForRetry"
+	ActionMarkedAsError                 Action = "MarkedAsError"
+	ActionNoActionTaken                 Action = "NoActionTaken"
+)
+
+// Failure is one report of a failed step attempt.
+type Failure struct {
+	StepUUID uuid.UUID
+	Message  string
+	// Kind is an optional explicit category ("RateLimit", "permanent", ...).
+	Kind string
+	// Retryable is the worker's own verdict; when set it wins over the
+	// classifier, since the worker knows its error best.
+	Retryable *bool
+	// RetryAfter is a raw Retry-After value: integer seconds or an HTTP date.
+	RetryAfter string
+	// HTTPStatus of the failed call, 0 when none.
+	HTTPStatus int
+	// Source names the reporter in the metadata ("http_api", "cli", ...).
+	Source string
+	// Metadata is free-form context handed to the classifier.
+	Metadata map[string]any
+}
+
+// Step is the part of a workflow step a failure decision needs.
+type Step struct {
+	StepUUID              uuid.UUID
+	TaskUUID              uuid.UUID
+	Name                  string
+	State                 statemachine.State
+	Retryable             bool
+	MaxAttempts           *int32
+	Attempts              *int32
+	LastAttemptedAt       *time.Time
+	BackoffRequestSeconds *int32
+	// DBNow is the database clock when the step was read.
+	DBNow time.Time
+}
+
+// FailureWrite is the one transaction that applies a decision.
+type FailureWrite struct {
+	StepUUID uuid.UUID
+	// From is the state the decision was made on; the transition is a
+	// compare-and-swap on it.
+	From statemachine.State
+	// Event is the transition to write; nil writes no transition (legacy mode).
+	Event *statemachine.Event
+	// BackoffSeconds, when set, is written to backoff_request_seconds with
+	// last_attempted_at = now().
+	BackoffSeconds *int32
+	// Provenance is merged into the transition metadata.
+	Provenance map[string]any
+}
+
+// Applied is what the store reports back about a FailureWrite.
+type Applied struct {
+	// NextRetryAt is last_attempted_at + backoff_request_seconds as written,
+	// in database time; nil when no backoff was written.
+	NextRetryAt *time.Time
+}
+
+// Store is what the handler needs from the database.
+type Store interface {
+	// StepForFailure reads a step; statemachine.ErrStepNotFound if absent.
+	StepForFailure(ctx context.Context, step uuid.UUID) (Step, error)
+	// ApplyFailure writes the step columns and the transition atomically:
+	// everything or nothing. A state that moved since From gives
+	// statemachine.ErrLostRace and writes nothing.
+	ApplyFailure(ctx context.Context, w FailureWrite) (Applied, error)
+}
+
+// Config holds the handler's switches (SPEC §6).
+type Config struct {
+	// UseErrorClassification off makes every error permanent.
+	UseErrorClassification bool
+	// UseWaitingForRetryState off is the legacy mode: write the backoff
+	// only and leave the state to the orchestrator.
+	UseWaitingForRetryState bool
+	// DefaultMaxAttempts stands in for a NULL max_attempts, as in the
+	// orchestrator's readiness rule.
+	DefaultMaxAttempts int
+	Backoff            backoff.Config
+}
+
+// DefaultConfig is classification on, waiting_for_retry on, 3 attempts and
+// the default backoff.
+func DefaultConfig() Config {
+	return Config{
+		UseErrorClassification:  true,
+		UseWaitingForRetryState: true,
+		DefaultMaxAttempts:      3,
+		Backoff:                 backoff.DefaultConfig(),
+	}
+}
+
+// Validate reports the first unusable setting.
+func (c Config) Validate() error {
+	if c.DefaultMaxAttempts < 1 {
+		return fmt.Errorf("default_max_attempts must be >= 1, got %d", c.DefaultMaxAttempts)
+	}
+	return c.Backoff.Validate()
+}
+
+// Result is the handler's answer, serialisable as the API's JSON body.
+type Result struct {
+	StepUUID       uuid.UUID          `json:"step_uuid"`
+	Action         Action             `json:"action"`
+	FinalState     statemachine.State `json:"final_state"`
+	BackoffSeconds *int32             `json:"backoff_applied_seconds,omitempty"`
+	BackoffSource  backoff.Source     `json:"backoff_source,omitempty"`
+	NextRetryAt    *time.Time         `json:"next_retry_at,omitempty"`
+	Attempts       int                `json:"attempts"`
+	MaxAttempts    int                `json:"max_attempts"`
+	Classification Classification     `json:"classification"`
+	// Reason says in words why the action was chosen.
+	Reason string `json:"reason"`
+}
+
+// Service applies failures to steps.
+type Service struct {
+	store      Store
+	classifier Classifier
+	cfg        Config
+	rnd        backoff.Rand
+	now        func() time.Time
+}
+
+// Option customises a Service.
+type Option func(*Service)
+
+// WithClassifier replaces the standard classification rules.
+func WithClassifier(c Classifier) Option { return func(s *Service) { s.classifier = c } }
+
+// WithRand sets the jitter source (tests pin it).
+func WithRand(r backoff.Rand) Option { return func(s *Service) { s.rnd = r } }
+
+// WithClock sets the clock used to judge Retry-After dates.
+func WithClock(now func() time.Time) Option { return func(s *Service) { s.now = now } }
+
+// NewService builds a handler; cfg must be valid (see Config.Validate).
+func NewService(store Store, cfg Config, opts ...Option) *Service {
+	s := &Service{store: store, classifier: StandardClassifier{}, cfg: cfg, rnd: globalRand{}, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// maxRaceRetries bounds how often a decision is re-made after another writer
+// moved the step under us; the re-read normally finds it already handled.
+const maxRaceRetries = 3
+
+// HandleStepError classifies a failure and either schedules a retry
+// (waiting_for_retry with backoff) or fails the step (error), in one
+// transaction with a compare-and-swap on the state it read. A repeated report
+// for a step already in waiting_for_retry or error is NoActionTaken.
+func (s *Service) HandleStepError(ctx context.Context, f Failure) (Result, error) {
+	if f.StepUUID == uuid.Nil {
+		return Result{}, fmt.Errorf("%w: step uuid is required", ErrInvalidFailure)
+	}
+	f.Message = cleanMessage(f.Message)
+	for range maxRaceRetries {
+		res, err := s.handleOnce(ctx, f)
+		if errors.Is(err, statemachine.ErrLostRace) {
+			continue // someone else moved the step: decide again on what is there now
+		}
+		return res, err
+	}
+	return Result{}, fmt.Errorf("handle failure of step %s: %w", f.StepUUID, statemachine.ErrLostRace)
+}
+
+func (s *Service) handleOnce(ctx context.Context, f Failure) (Result, error) {
+	step, err := s.store.StepForFailure(ctx, f.StepUUID)
+	if err != nil {
+		return Result{}, fmt.Errorf("read step: %w", err)
+	}
+	attempts := int(deref(step.Attempts, 0))
+	maxAttempts := int(deref(step.MaxAttempts, int32(s.cfg.DefaultMaxAttempts)))
+	res := Result{StepUUID: step.StepUUID, FinalState: step.State, Attempts: attempts, MaxAttempts: maxAttempts}
+
+	errCtx := ErrorContext{
+		StepUUID:      step.StepUUID.String(),
+		TaskUUID:      step.TaskUUID.String(),
+		StepName:      step.Name,
+		AttemptNumber: attempts,
+		MaxAttempts:   maxAttempts,
+		ErrorSource:   f.Source,
+		Message:       f.Message,
+		Kind:          f.Kind,
+		HTTPStatus:    f.HTTPStatus,
+		Metadata:      f.Metadata,
+	}
+	if step.LastAttemptedAt != nil && step.DBNow.After(*step.LastAttemptedAt) {
+		errCtx.ExecutionDuration = step.DBNow.Sub(*step.LastAttemptedAt)
+	}
+	res.Classification = s.classify(errCtx)
+
+	// A repeated report: the first one already parked or failed the step.
+	if step.State == statemachine.WaitingForRetry || step.State == statemachine.Error {
+		res.Action = ActionNoActionTaken
+		res.Reason = "step already in " + string(step.State) + ": failure already handled"
+		return res, nil
+	}
+
+	errorRetryable := res.Classification.Retryable
+	if f.Retryable != nil && s.cfg.UseErrorClassification {
+		errorRetryable = *f.Retryable
+	}
+	eligible := step.Retryable && errorRetryable && attempts < maxAttempts
+
+	prov := map[string]any{
+		"actor":                 "tasker-sweeper/inline-handler",
+		"error_source":          f.Source,
+		"category":              string(res.Classification.Category),
+		"error_code":            res.Classification.ErrorCode,
+		"classification_reason": res.Classification.Reason,
+		"attempts":              attempts,
+		"max_attempts":          maxAttempts,
+	}
+	if f.HTTPStatus != 0 {
+		prov["http_status"] = f.HTTPStatus
+	}
+
+	if !eligible {
+		return s.fail(ctx, step, res, f, prov)
+	}
+	decision := backoff.Compute(s.cfg.Backoff, attempts, f.RetryAfter, s.now(), s.rnd)
+	seconds := decision.Seconds()
+	res.BackoffSeconds = &seconds
+	res.BackoffSource = decision.Source
+	prov["backoff_seconds"] = seconds
+	prov["backoff_source"] = string(decision.Source)
+	prov["jitter_seconds"] = int64(decision.Jitter / time.Second)
+	if decision.Source == backoff.SourceRetryAfter {
+		prov["retry_after"] = f.RetryAfter
+	}
+
+	write := FailureWrite{StepUUID: step.StepUUID, From: step.State, BackoffSeconds: &seconds, Provenance: prov}
+	if s.cfg.UseWaitingForRetryState {
+		if !statemachine.CanTransition(step.State, statemachine.EventWaitForRetry) {
+			return res, conflict(step, statemachine.EventWaitForRetry)
+		}
+		ev := statemachine.WaitForRetryEvent(f.Message)
+		write.Event = &ev
+		prov["why"] = "retryable failure, backoff scheduled"
+	}
+	applied, err := s.store.ApplyFailure(ctx, write)
+	if err != nil {
+		return res, fmt.Errorf("schedule retry: %w", err)
+	}
+	res.NextRetryAt = applied.NextRetryAt
+	if write.Event != nil {
+		res.Action = ActionTransitionedToWaitingForRetry
+		res.FinalState = statemachine.WaitingForRetry
+		res.Reason = fmt.Sprintf("retryable %s failure, attempt %d of %d", res.Classification.Category, attempts, maxAttempts)
+	} else {
+		res.Action = ActionNoActionTaken
+		res.Reason = "legacy mode: backoff written, state left to the orchestrator"
+	}
+	return res, nil
+}
+
+func (s *Service) fail(ctx context.Context, step Step, res Result, f Failure, prov map[string]any) (Result, error) {
+	if !statemachine.CanTransition(step.State, statemachine.EventFail) {
+		return res, conflict(step, statemachine.EventFail)
+	}
+	switch {
+	case !s.cfg.UseErrorClassification:
+		res.Action = ActionMarkedAsPermanentFailure
+		res.Reason = "error classification disabled: every error is permanent"
+	case f.Retryable != nil && !*f.Retryable:
+		res.Action = ActionMarkedAsPermanentFailure
+		res.Reason = "worker reported the error as not retryable"
+	case f.Retryable == nil && !res.Classification.Retryable:
+		res.Action = ActionMarkedAsPermanentFailure
+		res.Reason = fmt.Sprintf("%s errors are not retryable", res.Classification.Category)
+	case !step.Retryable:
+		res.Action = ActionMarkedAsPermanentFailure
+		res.Reason = "step is not retryable"
+	default:
+		res.Action = ActionMarkedAsError
+		res.Reason = fmt.Sprintf("attempts exhausted (%d of %d)", res.Attempts, res.MaxAttempts)
+	}
+	prov["why"] = res.Reason
+	ev := statemachine.FailEvent(f.Message)
+	if _, err := s.store.ApplyFailure(ctx, FailureWrite{
+		StepUUID: step.StepUUID, From: step.State, Event: &ev, Provenance: prov,
+	}); err != nil {
+		return res, fmt.Errorf("fail step: %w", err)
+	}
+	res.FinalState = statemachine.Error
+	return res, nil
+}
+
+// classify applies the configured classifier, or the "everything is
+// permanent" rule when classification is off.
+func (s *Service) classify(ec ErrorContext) Classification {
+	if !s.cfg.UseErrorClassification {
+		return Classification{
+			Category:     CategoryPermanent,
+			Retryable:    false,
+			ErrorCode:    "CLASSIFICATION_DISABLED",
+			Message:      ec.Message,
+			FinalAttempt: ec.AttemptNumber >= ec.MaxAttempts,
+			Reason:       "classification_disabled",
+		}
+	}
+	return s.classifier.Classify(ec)
+}
+
+func conflict(step Step, ev statemachine.EventType) error {
+	return fmt.Errorf("%w: step %s is %s, where %s is not allowed", ErrConflict, step.StepUUID, step.State, ev)
+}
+
+// maxMessageBytes bounds the error text stored in every transition row.
+const maxMessageBytes = 4096
+
+// cleanMessage makes an error text safe for jsonb (which rejects NUL) and
+// bounds its size, cutting on a rune boundary.
+func cleanMessage(msg string) string {
+	msg = strings.ToValidUTF8(strings.ReplaceAll(msg, "\x00", ""), "\uFFFD")
+	if len(msg) <= maxMessageBytes {
+		return msg
+	}
+	cut := maxMessageBytes
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + "…"
+}
+
+func deref[T any](p *T, def T) T {
+	if p == nil {
+		return def
+	}
+	return *p
+}
