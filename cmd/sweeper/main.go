@@ -59,6 +59,7 @@ type command struct {
 
 func commands() []command {
 	return []command{
+		{"run", "run the daemon: scheduled sweeps and the HTTP admin API", runDaemon},
 		{"fail", "report one step failure to the inline handler", runFail},
 		{"migrate", "apply the sweeper's database migrations", runMigrate},
 	}

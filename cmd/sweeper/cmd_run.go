@@ -1,0 +1,238 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"retrysweeper/db"
+	"retrysweeper/handling"
+	"retrysweeper/sweeper"
+)
+
+// daemonConfig is everything `sweeper run` (and `sweeper demo`) needs.
+type daemonConfig struct {
+	databaseURL string
+	schedule    string
+	sweep       sweeper.Config
+	handler     handling.Config
+	httpAddr    string
+	adminToken  string
+	grace       time.Duration
+}
+
+// sweepFlags registers the sweep's flags (shared by run and once).
+func sweepFlags(f *flags) *sweeper.Config {
+	c := sweeper.DefaultConfig()
+	f.fs.IntVar(&c.BatchSize, "batch-size", c.BatchSize, "most steps one batch transaction moves")
+	f.fs.IntVar(&c.Workers, "workers", c.Workers, "batch transactions run at once")
+	f.fs.DurationVar(&c.BatchTimeout, "batch-timeout", c.BatchTimeout, "longest one batch transaction may take")
+	f.fs.StringVar(&c.NotifyChannel, "notify-channel", "", "pg_notify channel told the task ids of moved steps (empty: none)")
+	f.env("batch-size", "SWEEPER_BATCH_SIZE")
+	f.env("workers", "SWEEPER_WORKERS")
+	f.env("batch-timeout", "SWEEPER_BATCH_TIMEOUT")
+	f.env("notify-channel", "SWEEPER_NOTIFY_CHANNEL")
+	return &c
+}
+
+func checkSweepConfig(c *sweeper.Config) error {
+	switch {
+	case c.BatchSize < 1 || c.BatchSize > 100_000:
+		return usageErrorf("invalid --batch-size %d: must be between 1 and 100000", c.BatchSize)
+	case c.Workers < 1 || c.Workers > 64:
+		return usageErrorf("invalid --workers %d: must be between 1 and 64", c.Workers)
+	case c.BatchTimeout <= 0:
+		return usageErrorf("invalid --batch-timeout %s: must be > 0", c.BatchTimeout)
+	case len(c.NotifyChannel) > 63:
+		return usageErrorf("invalid --notify-channel: longer than PostgreSQL's 63-byte identifier limit")
+	}
+	return nil
+}
+
+// daemonFlags registers run's flags and returns a function that validates
+// them into a daemonConfig.
+func daemonFlags(f *flags) func() (daemonConfig, error) {
+	dbURL := databaseFlag(f)
+	sweepCfg := sweepFlags(f)
+	handlerCfg := handlerFlags(f)
+	schedule := f.fs.String("schedule", "@every 5s", "cron spec for sweeps: 5 fields, 6 with seconds, or @every/@hourly")
+	httpAddr := f.fs.String("http-addr", "127.0.0.1:9090", "admin API listen address")
+	token := f.fs.String("admin-token", "", "bearer token for the admin API's POST endpoints (required off loopback)")
+	grace := f.fs.Duration("shutdown-grace", 30*time.Second, "how long a shutdown waits for in-flight batches")
+	f.env("schedule", "SWEEPER_SCHEDULE")
+	f.env("http-addr", "SWEEPER_HTTP_ADDR")
+	f.env("admin-token", "SWEEPER_ADMIN_TOKEN")
+	f.env("shutdown-grace", "SWEEPER_SHUTDOWN_GRACE")
+	return func() (daemonConfig, error) {
+		cfg := daemonConfig{
+			databaseURL: *dbURL, schedule: *schedule, sweep: *sweepCfg, handler: *handlerCfg,
+			httpAddr: *httpAddr, adminToken: *token, grace: *grace,
+		}
+		if err := checkDatabaseURL(cfg.databaseURL); err != nil {
+			return cfg, err
+		}
+		if _, err := sweeper.ParseSchedule(cfg.schedule); err != nil {
+			return cfg, usageErrorf("invalid --schedule: %v", err)
+		}
+		if err := checkSweepConfig(&cfg.sweep); err != nil {
+			return cfg, err
+		}
+		if err := checkHandlerConfig(&cfg.handler); err != nil {
+			return cfg, err
+		}
+		if err := checkAdminAddr(cfg.httpAddr, cfg.adminToken); err != nil {
+			return cfg, err
+		}
+		if cfg.grace < 0 {
+			return cfg, usageErrorf("invalid --shutdown-grace %s: must be >= 0", cfg.grace)
+		}
+		return cfg, nil
+	}
+}
+
+// checkAdminAddr refuses an admin API reachable off this host without a
+// token: it can move and fail steps.
+func checkAdminAddr(addr, token string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return usageErrorf("invalid --http-addr %q: want host:port", addr)
+	}
+	if token != "" {
+		return nil
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return usageErrorf("refusing --http-addr %q without --admin-token: the admin API may only listen off loopback with a token", addr)
+	}
+	return nil
+}
+
+// runDaemon is `sweeper run`.
+func runDaemon(ctx context.Context, e env, args []string) error {
+	f := newFlags("run", e)
+	build := daemonFlags(f)
+	logCfg := logFlags(f)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	cfg, err := build()
+	if err != nil {
+		return err
+	}
+	logger, err := logCfg.logger(e.stderr)
+	if err != nil {
+		return err
+	}
+	return serveDaemon(ctx, cfg, logger, nil)
+}
+
+// serveDaemon runs the daemon until ctx is cancelled: admin API, database
+// health checks and scheduled sweeps. It starts even when the database is
+// down. On shutdown it stops the API and the schedule, then gives in-flight
+// batches cfg.grace to commit. started, if set, receives the listener's
+// address once the API is up.
+func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, started func(addr string)) error {
+	poolCfg, err := db.PoolConfig(cfg.databaseURL)
+	if err != nil {
+		return usageErrorf("invalid --database-url: %v", err)
+	}
+	// Enough connections for every sweep worker plus the admin API.
+	poolCfg.MaxConns = max(poolCfg.MaxConns, int32(cfg.sweep.Workers+4))
+	pool, err := pgxpool.NewWithConfig(context.WithoutCancel(ctx), poolCfg) // lazy: no connection yet
+	if err != nil {
+		return fmt.Errorf("open pool: %w", err)
+	}
+	defer pool.Close()
+
+	store := db.NewStore(pool)
+	m := newMetrics()
+	health := newDBHealth(store.Ping, logger, func(up bool) {
+		if up {
+			m.databaseUp.Set(1)
+		} else {
+			m.databaseUp.Set(0)
+		}
+	})
+	sw := sweeper.New(store, cfg.sweep, logger, m.sweepHooks())
+	sched, err := sweeper.NewScheduler(sw, cfg.schedule, logger, sweeper.SchedulerOptions{
+		Ready: health.Ready, OnSkippedTick: m.skippedTick,
+	})
+	if err != nil {
+		return usageErrorf("invalid --schedule: %v", err)
+	}
+	handler := handling.NewService(store, cfg.handler)
+
+	listener, err := net.Listen("tcp", cfg.httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
+	}
+	srv := &http.Server{
+		Handler: newAdminAPI(adminDeps{
+			scheduler: sched,
+			sweeper:   sw,
+			store:     store,
+			ready:     health.Ready,
+			metrics:   m,
+			token:     cfg.adminToken,
+			logger:    logger,
+			handleFailure: func(ctx context.Context, f handling.Failure) (handling.Result, error) {
+				res, err := handler.HandleStepError(ctx, f)
+				if err == nil {
+					m.decision(res)
+				}
+				return res, err
+			},
+		}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(listener) }()
+	logger.Info("sweeper running",
+		slog.String("http_addr", listener.Addr().String()), slog.String("schedule", cfg.schedule),
+		slog.Int("batch_size", cfg.sweep.BatchSize), slog.Int("workers", cfg.sweep.Workers))
+	if started != nil {
+		started(listener.Addr().String())
+	}
+
+	runCtx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	healthDone := make(chan struct{})
+	go func() { defer close(healthDone); health.run(runCtx) }()
+	schedDone := make(chan struct{})
+	go func() { defer close(schedDone); sched.Run(runCtx) }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down: no new sweeps; waiting for in-flight batches", slog.Duration("grace", cfg.grace))
+	case err := <-serveErr:
+		runErr = fmt.Errorf("admin API: %w", err)
+	}
+	stopRun()
+
+	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.grace)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Warn("admin API shutdown", slog.Any("error", err))
+	}
+	select {
+	case <-schedDone:
+	case <-shutdownCtx.Done():
+		logger.Warn("grace period over with a sweep still running; its open batch rolls back")
+	}
+	<-healthDone
+	logger.Info("sweeper stopped")
+	return runErr
+}
+

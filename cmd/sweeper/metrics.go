@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"retrysweeper/handling"
+	"retrysweeper/sweeper"
+)
+
+// metrics are the daemon's Prometheus series, on a registry of its own so
+// tests can build as many daemons as they like.
+type metrics struct {
+	registry     *prometheus.Registry
+	sweeps       *prometheus.CounterVec
+	transitioned prometheus.Counter
+	stranded     prometheus.Gauge
+	lostRaces    prometheus.Counter
+	batches      *prometheus.CounterVec
+	duration     prometheus.Histogram
+	lag          prometheus.Histogram
+	skippedTicks *prometheus.CounterVec
+	decisions    *prometheus.CounterVec
+	databaseUp   prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	const ns = "tasker_sweeper"
+	m := &metrics{
+		registry: prometheus.NewRegistry(),
+		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "sweeps_total",
+			Help: "Sweeps by outcome: success, failure, canceled, dry_run.",
+		}, []string{"outcome"}),
+		transitioned: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "steps_transitioned_total",
+			Help: "Steps moved from waiting_for_retry to pending.",
+		}),
+		stranded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "stranded_steps",
+			Help: "Steps in waiting_for_retry that are not retry-eligible, as of the last sweep: only an operator can move them.",
+		}),
+		lostRaces: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "lost_races_total",
+			Help: "Claimed steps another writer moved first.",
+		}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "batches_total",
+			Help: "Batch transactions by outcome: moved, empty, failed.",
+		}, []string{"outcome"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "sweep_duration_seconds",
+			Help:    "Wall time of one sweep.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "due_to_pending_lag_seconds",
+			Help:    "Time from a step becoming due to the sweep moving it to pending (database clock).",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60, 120, 300},
+		}),
+		skippedTicks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "skipped_ticks_total",
+			Help: "Scheduled ticks skipped, by reason: sweep_running, database_unavailable.",
+		}, []string{"reason"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "handler_decisions_total",
+			Help: "Inline failure handler decisions by action and error category.",
+		}, []string{"action", "category"}),
+		databaseUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "database_up",
+			Help: "1 when the last database health check succeeded.",
+		}),
+	}
+	m.registry.MustRegister(m.sweeps, m.transitioned, m.stranded, m.lostRaces, m.batches, m.duration, m.lag,
+		m.skippedTicks, m.decisions, m.databaseUp,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// sweepHooks feeds sweep and batch outcomes into the metrics.
+func (m *metrics) sweepHooks() sweeper.Hooks {
+	return sweeper.Hooks{
+		BatchDone: func(res sweeper.BatchResult, err error) {
+			switch {
+			case err != nil:
+				m.batches.WithLabelValues("failed").Inc()
+			case res.Claimed == 0:
+				m.batches.WithLabelValues("empty").Inc()
+			default:
+				m.batches.WithLabelValues("moved").Inc()
+			}
+			for _, mv := range res.Moved {
+				m.lag.Observe(max(mv.MovedAt.Sub(mv.DueAt).Seconds(), 0))
+			}
+		},
+		SweepDone: func(sum sweeper.Summary, err error) {
+			outcome := "success"
+			switch {
+			case errors.Is(err, context.Canceled):
+				outcome = "canceled"
+			case err != nil:
+				outcome = "failure"
+			case sum.DryRun:
+				outcome = "dry_run"
+			}
+			m.sweeps.WithLabelValues(outcome).Inc()
+			m.duration.Observe(sum.Duration.Seconds())
+			if !sum.DryRun {
+				m.transitioned.Add(float64(sum.Transitioned))
+				m.lostRaces.Add(float64(sum.LostRaces))
+			}
+			if err == nil {
+				m.stranded.Set(float64(sum.Stranded))
+			}
+		},
+	}
+}
+
+func (m *metrics) skippedTick(reason string) { m.skippedTicks.WithLabelValues(reason).Inc() }
+
+func (m *metrics) decision(res handling.Result) {
+	m.decisions.WithLabelValues(string(res.Action), string(res.Classification.Category)).Inc()
+}

@@ -1,0 +1,319 @@
+// Package sweeper owns the retry sweep: one RunOnce pass moves every due
+// waiting_for_retry step back to pending in concurrent batch transactions,
+// and the Scheduler runs passes on a cron schedule without ever overlapping
+// them. It defines the narrow Store it needs; the db package implements it.
+package sweeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/sync/errgroup"
+)
+
+// Batch asks the store to claim and move up to Limit due steps in one
+// transaction.
+type Batch struct {
+	SweepID uuid.UUID
+	// Number is the batch's sequence number within its sweep, from 1.
+	Number int
+	Limit  int
+	// OnlyStep, when set, restricts the claim to that step (a manual retry).
+	OnlyStep *uuid.UUID
+	// Force skips the due-time condition (only with OnlyStep).
+	Force bool
+	// NotifyChannel, when set, gets a pg_notify with the task ids whose steps
+	// became pending, in the same transaction.
+	NotifyChannel string
+}
+
+// Moved is one step a batch moved to pending.
+type Moved struct {
+	StepUUID uuid.UUID
+	TaskUUID uuid.UUID
+	DueAt    time.Time
+	MovedAt  time.Time
+}
+
+// BatchResult reports one batch transaction.
+type BatchResult struct {
+	// Claimed is how many due steps the batch locked.
+	Claimed int
+	// Moved are the steps actually moved; Claimed - len(Moved) lost a race.
+	Moved []Moved
+}
+
+// Counts is what a sweep would do right now, without writing.
+type Counts struct {
+	Due      int64
+	Stranded int64
+	// NotYetDue steps are eligible and waiting for their backoff; the first
+	// becomes due at NextDueAt (meaningful only when NotYetDue > 0).
+	NotYetDue int64
+	NextDueAt time.Time
+}
+
+// StrandedStep is a waiting_for_retry step that is not retry-eligible: no
+// legal transition gets it out, so only an operator can.
+type StrandedStep struct {
+	StepUUID    uuid.UUID
+	TaskUUID    uuid.UUID
+	Attempts    *int32
+	MaxAttempts *int32
+	Retryable   bool
+}
+
+// Store is what a sweep needs from the database.
+type Store interface {
+	// MoveDueBatch claims up to b.Limit due steps with FOR UPDATE SKIP LOCKED
+	// and moves them to pending in one transaction.
+	MoveDueBatch(ctx context.Context, b Batch) (BatchResult, error)
+	// CountDue evaluates the due rule without locking or writing.
+	CountDue(ctx context.Context) (Counts, error)
+	// StrandedSample lists up to limit stranded steps.
+	StrandedSample(ctx context.Context, limit int) ([]StrandedStep, error)
+}
+
+// Config tunes a sweep.
+type Config struct {
+	// BatchSize is the most steps one batch transaction moves.
+	BatchSize int
+	// Workers is how many batch transactions run at once.
+	Workers int
+	// BatchTimeout bounds one batch transaction.
+	BatchTimeout time.Duration
+	// NotifyChannel, when set, is pg_notify'd with the task ids of moved steps.
+	NotifyChannel string
+}
+
+// DefaultConfig is 1000-step batches, 4 workers, 30 s per batch, no notify.
+func DefaultConfig() Config {
+	return Config{BatchSize: 1000, Workers: 4, BatchTimeout: 30 * time.Second}
+}
+
+// Validate reports the first unusable setting.
+func (c Config) Validate() error {
+	switch {
+	case c.BatchSize < 1:
+		return fmt.Errorf("batch size must be >= 1, got %d", c.BatchSize)
+	case c.Workers < 1:
+		return fmt.Errorf("workers must be >= 1, got %d", c.Workers)
+	case c.BatchTimeout <= 0:
+		return fmt.Errorf("batch timeout must be > 0, got %s", c.BatchTimeout)
+	}
+	return nil
+}
+
+// Summary is the outcome of one sweep: logged, exported as metrics and
+// returned to whoever asked for it.
+type Summary struct {
+	SweepID uuid.UUID `json:"sweep_id"`
+	DryRun  bool      `json:"dry_run"`
+	// Transitioned is how many steps moved to pending (in a dry run: how
+	// many would have).
+	Transitioned int `json:"transitioned"`
+	// Stranded is how many waiting_for_retry steps are not retry-eligible.
+	Stranded int64 `json:"stranded"`
+	// LostRaces is how many claimed steps another writer moved first.
+	LostRaces     int           `json:"lost_races"`
+	Batches       int           `json:"batches"`
+	FailedBatches int           `json:"failed_batches"`
+	StartedAt     time.Time     `json:"started_at"`
+	Duration      time.Duration `json:"-"`
+	DurationMS    float64       `json:"duration_ms"`
+}
+
+// Hooks let the caller observe sweeps (metrics) without the sweeper knowing
+// how they are exported. Every field is optional.
+type Hooks struct {
+	// BatchDone runs after every batch transaction, with its error if any.
+	BatchDone func(BatchResult, error)
+	// SweepDone runs after every sweep.
+	SweepDone func(Summary, error)
+}
+
+// Sweeper runs sweeps against a Store.
+type Sweeper struct {
+	store  Store
+	cfg    Config
+	logger *slog.Logger
+	hooks  Hooks
+}
+
+// New builds a Sweeper; cfg must be valid (see Config.Validate).
+func New(store Store, cfg Config, logger *slog.Logger, hooks Hooks) *Sweeper {
+	return &Sweeper{store: store, cfg: cfg, logger: logger, hooks: hooks}
+}
+
+// strandedSampleSize is how many stranded step ids a sweep logs.
+const strandedSampleSize = 10
+
+// RunOnce performs one sweep: it counts the stranded steps, then runs batch
+// transactions on Workers connections until a batch comes back short of
+// BatchSize (nothing more is due). Cancelling ctx stops new batches from
+// starting; batches already running finish (each within BatchTimeout), so a
+// shutdown never leaves a half-moved batch. A failed batch is counted and
+// stops the sweep; RunOnce then returns an error with the summary so far.
+func (s *Sweeper) RunOnce(ctx context.Context, dryRun bool) (Summary, error) {
+	sum := Summary{SweepID: newSweepID(), DryRun: dryRun, StartedAt: time.Now()}
+	log := s.logger.With(slog.String("sweep_id", sum.SweepID.String()))
+	err := s.sweep(ctx, log, &sum)
+	sum.Duration = time.Since(sum.StartedAt)
+	sum.DurationMS = float64(sum.Duration.Microseconds()) / 1000
+	s.report(log, sum, err)
+	if s.hooks.SweepDone != nil {
+		s.hooks.SweepDone(sum, err)
+	}
+	return sum, err
+}
+
+func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) error {
+	if sum.DryRun {
+		counts, err := s.store.CountDue(ctx)
+		if err != nil {
+			return fmt.Errorf("count due steps: %w", err)
+		}
+		sum.Transitioned = int(counts.Due)
+		sum.Stranded = counts.Stranded
+		return nil
+	}
+	stranded, err := s.store.StrandedSample(ctx, strandedSampleSize)
+	if err != nil {
+		return fmt.Errorf("list stranded steps: %w", err)
+	}
+	if len(stranded) > 0 {
+		counts, err := s.store.CountDue(ctx)
+		if err != nil {
+			return fmt.Errorf("count stranded steps: %w", err)
+		}
+		sum.Stranded = counts.Stranded
+		ids := make([]string, len(stranded))
+		for i, st := range stranded {
+			ids[i] = st.StepUUID.String()
+		}
+		log.Warn("stranded steps: waiting_for_retry but not retry-eligible; only an operator can move them",
+			slog.Int64("stranded", counts.Stranded), slog.Any("sample_step_uuids", ids))
+	}
+	return s.runBatches(ctx, log, sum)
+}
+
+func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary) error {
+	var (
+		mu        sync.Mutex
+		firstErr  error
+		exhausted atomic.Bool
+		number    int
+	)
+	g := new(errgroup.Group)
+	g.SetLimit(s.cfg.Workers)
+	for !exhausted.Load() && ctx.Err() == nil {
+		number++
+		batch := Batch{SweepID: sum.SweepID, Number: number, Limit: s.cfg.BatchSize, NotifyChannel: s.cfg.NotifyChannel}
+		g.Go(func() error {
+			res, err := s.runBatch(ctx, batch)
+			if err != nil || res.Claimed < batch.Limit {
+				exhausted.Store(true)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				sum.FailedBatches++
+				if firstErr == nil {
+					firstErr = err
+				}
+				log.Error("sweep batch failed", slog.Int("batch", batch.Number), slog.Any("error", err))
+				return nil // a batch failure is data: siblings finish their transactions
+			}
+			if res.Claimed > 0 {
+				sum.Batches++
+			}
+			sum.Transitioned += len(res.Moved)
+			sum.LostRaces += res.Claimed - len(res.Moved)
+			return nil
+		})
+	}
+	_ = g.Wait()
+	if firstErr != nil {
+		return fmt.Errorf("sweep: %d batch(es) failed: %w", sum.FailedBatches, firstErr)
+	}
+	return nil
+}
+
+// runBatch runs one batch transaction. It is detached from ctx's
+// cancellation so that a shutdown lets it commit, bounded by BatchTimeout;
+// panics are recovered into errors so one bad batch cannot kill the daemon.
+func (s *Sweeper) runBatch(ctx context.Context, b Batch) (res BatchResult, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("batch %d panicked: %v\n%s", b.Number, r, debug.Stack())
+		}
+		if s.hooks.BatchDone != nil {
+			s.hooks.BatchDone(res, err)
+		}
+	}()
+	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.BatchTimeout)
+	defer cancel()
+	return s.store.MoveDueBatch(bctx, b)
+}
+
+// MoveStep moves one step to pending now if it is due (or, with force, if
+// it would be due but for its backoff), with the same rules and
+// compare-and-swap as a sweep. ErrNotDue when it is not movable.
+func (s *Sweeper) MoveStep(ctx context.Context, step uuid.UUID, force bool) (Moved, error) {
+	res, err := s.runBatch(ctx, Batch{
+		SweepID: newSweepID(), Number: 1, Limit: 1, OnlyStep: &step, Force: force, NotifyChannel: s.cfg.NotifyChannel,
+	})
+	if err != nil {
+		return Moved{}, err
+	}
+	if len(res.Moved) == 1 {
+		return res.Moved[0], nil
+	}
+	if res.Claimed == 1 {
+		return Moved{}, ErrLostRace
+	}
+	return Moved{}, ErrNotDue
+}
+
+// ErrNotDue means a step asked to be moved is not due (or not movable at
+// all: wrong state, processed, in process, unmet parents, not eligible).
+var ErrNotDue = errors.New("step is not due")
+
+// ErrLostRace means another writer moved the step between claim and move.
+var ErrLostRace = errors.New("another writer moved the step first")
+
+func (s *Sweeper) report(log *slog.Logger, sum Summary, err error) {
+	attrs := []any{
+		slog.Bool("dry_run", sum.DryRun),
+		slog.Int("transitioned", sum.Transitioned),
+		slog.Int64("stranded", sum.Stranded),
+		slog.Int("lost_races", sum.LostRaces),
+		slog.Int("batches", sum.Batches),
+		slog.Float64("duration_ms", sum.DurationMS),
+	}
+	switch {
+	case err != nil && errors.Is(err, context.Canceled):
+		log.Info("sweep stopped by shutdown", attrs...)
+	case err != nil:
+		log.Error("sweep failed", append(attrs, slog.Any("error", err))...)
+	case sum.Transitioned > 0 || sum.LostRaces > 0:
+		log.Info("sweep finished", attrs...)
+	default:
+		log.Debug("sweep finished", attrs...)
+	}
+}
+
+func newSweepID() uuid.UUID {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return uuid.New()
+	}
+	return id
+}
