@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,8 +18,18 @@ var scheduleParser = cron.NewParser(
 	cron.SecondOptional | cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor,
 )
 
-// ParseSchedule validates a cron spec.
+// ParseSchedule validates a cron spec. Unlike cron itself it rejects an
+// @every interval under one second (cron would silently round it up).
 func ParseSchedule(spec string) (cron.Schedule, error) {
+	if rest, ok := strings.CutPrefix(spec, "@every "); ok {
+		d, err := time.ParseDuration(strings.TrimSpace(rest))
+		if err != nil {
+			return nil, fmt.Errorf("parse schedule %q: %w", spec, err)
+		}
+		if d < time.Second {
+			return nil, fmt.Errorf("parse schedule %q: @every needs an interval of at least 1s", spec)
+		}
+	}
 	sched, err := scheduleParser.Parse(spec)
 	if err != nil {
 		return nil, fmt.Errorf("parse schedule %q: %w", spec, err)

@@ -1,12 +1,27 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"retrysweeper/db"
 	"retrysweeper/handling"
+	"retrysweeper/statemachine"
 	"retrysweeper/sweeper"
 )
 
@@ -22,9 +37,561 @@ type adminDeps struct {
 	handleFailure func(context.Context, handling.Failure) (handling.Result, error)
 }
 
-// newAdminAPI builds the admin API's routes. PLACEHOLDER: being written.
+// maxFailureBody bounds a failure report's body: the message is cut to 4 KiB
+// anyway, so anything near this is a mistake or an attack.
+const maxFailureBody = 1 << 20
+
+// Error codes of the admin API's JSON error bodies.
+const (
+	codeBadRequest       = "bad_request"
+	codeUnauthorized     = "unauthorized"
+	codeNotFound         = "not_found"
+	codeMethodNotAllowed = "method_not_allowed"
+	codeConflict         = "conflict"
+	codeTooLarge         = "request_too_large"
+	codeUnavailable      = "unavailable"
+	codeInternal         = "internal"
+)
+
+// adminAPI serves the admin endpoints (SPEC §8).
+type adminAPI struct {
+	adminDeps
+	mux *http.ServeMux
+}
+
+// newAdminAPI builds the admin API's routes. GET endpoints are open; POST
+// endpoints need the bearer token when one is set. Every error, including an
+// unknown route or a wrong method, is a JSON body with "error" and "code".
 func newAdminAPI(d adminDeps) http.Handler {
-	mux := http.NewServeMux()
-	_ = d
-	return mux
+	if d.logger == nil {
+		d.logger = slog.New(slog.DiscardHandler)
+	}
+	if d.ready == nil {
+		d.ready = func() bool { return true }
+	}
+	a := &adminAPI{adminDeps: d, mux: http.NewServeMux()}
+	a.mux.HandleFunc("GET /healthz", a.healthz)
+	a.mux.HandleFunc("GET /readyz", a.readyz)
+	a.mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.registry, promhttp.HandlerOpts{}))
+	a.mux.HandleFunc("GET /v1/status", a.status)
+	a.mux.HandleFunc("GET /v1/steps/{uuid}", a.stepStatus)
+	a.mux.Handle("POST /v1/sweeps", a.authorized(a.triggerSweep))
+	a.mux.Handle("POST /v1/steps/{uuid}/failures", a.authorized(a.reportFailure))
+	a.mux.Handle("POST /v1/steps/{uuid}/retry", a.authorized(a.retryStep))
+	return a
+}
+
+// ServeHTTP logs the request, turns a handler panic into a 500 and gives the
+// mux's own 404/405 answers a JSON body.
+func (a *adminAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w}
+	defer func() {
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler { // net/http's own way to abort a response: let it through
+				panic(p)
+			}
+			a.logger.LogAttrs(r.Context(), slog.LevelError, "admin API handler panicked",
+				slog.String("method", r.Method), slog.String("path", r.URL.Path),
+				slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
+			if !rec.wroteHeader {
+				writeError(rec, http.StatusInternalServerError, codeInternal, "internal error: handler panicked")
+			}
+		}
+		a.logger.LogAttrs(r.Context(), slog.LevelDebug, "admin API request",
+			slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.Int("status", rec.status()),
+			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
+	}()
+
+	if _, pattern := a.mux.Handler(r); pattern != "" {
+		a.mux.ServeHTTP(rec, r)
+		return
+	}
+	// No route: let the mux decide between 404, 405 (with its Allow header)
+	// and a redirect to the clean path, then answer in JSON.
+	probe := &headerProbe{header: http.Header{}}
+	a.mux.ServeHTTP(probe, r)
+	switch {
+	case probe.code == http.StatusMethodNotAllowed:
+		rec.Header().Set("Allow", probe.header.Get("Allow"))
+		writeError(rec, http.StatusMethodNotAllowed, codeMethodNotAllowed,
+			fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, probe.header.Get("Allow")))
+	case probe.code >= 300 && probe.code < 400 && probe.header.Get("Location") != "":
+		rec.Header().Set("Location", probe.header.Get("Location"))
+		rec.WriteHeader(probe.code)
+	default:
+		writeError(rec, http.StatusNotFound, codeNotFound, "no such endpoint: "+r.URL.Path)
+	}
+}
+
+func (a *adminAPI) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (a *adminAPI) readyz(w http.ResponseWriter, _ *http.Request) {
+	if !a.ready() {
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// sweepError is a failed sweep's body: the error and what was done before it.
+type sweepError struct {
+	Error   string          `json:"error"`
+	Code    string          `json:"code"`
+	Summary sweeper.Summary `json:"summary"`
+}
+
+func (a *adminAPI) triggerSweep(w http.ResponseWriter, r *http.Request) {
+	dryRun, ok := boolQuery(w, r, "dry_run")
+	if !ok {
+		return
+	}
+	// Like a scheduled tick, a manual sweep is refused while the database is
+	// known to be down rather than left to hang on connection attempts.
+	if !a.ready() {
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable: sweeps are paused until it answers")
+		return
+	}
+	sum, err := a.scheduler.Trigger(r.Context(), dryRun)
+	if err != nil {
+		status, code := http.StatusInternalServerError, codeInternal
+		if !a.ready() {
+			status, code = http.StatusServiceUnavailable, codeUnavailable
+		}
+		writeJSON(w, status, sweepError{Error: "sweep failed: " + err.Error(), Code: code, Summary: sum})
+		return
+	}
+	writeJSON(w, http.StatusOK, sum)
+}
+
+// failureRequest is the body of POST /v1/steps/{uuid}/failures.
+type failureRequest struct {
+	Message    string         `json:"message"`
+	Kind       string         `json:"kind"`
+	Retryable  *bool          `json:"retryable"`
+	RetryAfter retryAfter     `json:"retry_after"`
+	HTTPStatus int            `json:"http_status"`
+	Metadata   map[string]any `json:"metadata"`
+}
+
+// retryAfter accepts a Retry-After value as the header's text ("120" or an
+// HTTP date) or as a JSON number of whole seconds.
+type retryAfter string
+
+func (ra *retryAfter) UnmarshalJSON(b []byte) error {
+	var v any
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.UseNumber()
+	if err := dec.Decode(&v); err != nil {
+		return fmt.Errorf("retry_after: %w", err)
+	}
+	switch v := v.(type) {
+	case nil:
+		*ra = ""
+	case string:
+		*ra = retryAfter(v)
+	case json.Number:
+		// Same path as the header text: the backoff caps or rejects huge values.
+		secs, err := strconv.ParseUint(v.String(), 10, 64)
+		if err != nil {
+			return fmt.Errorf("retry_after: the number %s is not a whole, non-negative number of seconds", v)
+		}
+		*ra = retryAfter(strconv.FormatUint(secs, 10))
+	default:
+		return errors.New("retry_after: want a string (seconds or an HTTP date) or a number of seconds")
+	}
+	return nil
+}
+
+func (a *adminAPI) reportFailure(w http.ResponseWriter, r *http.Request) {
+	step, ok := stepParam(w, r)
+	if !ok {
+		return
+	}
+	var req failureRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if req.HTTPStatus != 0 && (req.HTTPStatus < 100 || req.HTTPStatus > 599) {
+		writeError(w, http.StatusBadRequest, codeBadRequest,
+			fmt.Sprintf("invalid http_status %d: want 100-599, or 0 for none", req.HTTPStatus))
+		return
+	}
+	res, err := a.handleFailure(r.Context(), handling.Failure{
+		StepUUID:   step,
+		Message:    req.Message,
+		Kind:       req.Kind,
+		Retryable:  req.Retryable,
+		RetryAfter: string(req.RetryAfter),
+		HTTPStatus: req.HTTPStatus,
+		Source:     "http_api",
+		Metadata:   req.Metadata,
+	})
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, res)
+	case errors.Is(err, statemachine.ErrStepNotFound):
+		writeError(w, http.StatusNotFound, codeNotFound, "step "+step.String()+" not found")
+	case errors.Is(err, handling.ErrConflict):
+		writeError(w, http.StatusConflict, codeConflict, err.Error())
+	case errors.Is(err, handling.ErrInvalidFailure):
+		writeError(w, http.StatusBadRequest, codeBadRequest, err.Error())
+	case errors.Is(err, statemachine.ErrLostRace):
+		writeError(w, http.StatusConflict, codeConflict, "the step kept changing under the handler; try again: "+err.Error())
+	default:
+		a.internalError(w, r, "handle failure", err, slog.String("step_uuid", step.String()))
+	}
+}
+
+// stepStatusResponse is GET /v1/steps/{uuid}: every condition of the due rule.
+type stepStatusResponse struct {
+	StepUUID       uuid.UUID          `json:"step_uuid"`
+	State          statemachine.State `json:"state"`
+	Due            bool               `json:"due"`
+	Reason         string             `json:"reason"`
+	DueAt          time.Time          `json:"due_at"`
+	DueFromBackoff bool               `json:"due_from_backoff"`
+	Processed      bool               `json:"processed"`
+	InProcess      bool               `json:"in_process"`
+	RetryEligible  bool               `json:"retry_eligible"`
+	Retryable      bool               `json:"retryable"`
+	Attempts       *int32             `json:"attempts"`
+	MaxAttempts    *int32             `json:"max_attempts"`
+	UnmetParents   int                `json:"unmet_parents"`
+	DBNow          time.Time          `json:"db_now"`
+}
+
+func (a *adminAPI) stepStatus(w http.ResponseWriter, r *http.Request) {
+	step, ok := stepParam(w, r)
+	if !ok {
+		return
+	}
+	sd, err := a.store.StepDueStatus(r.Context(), step)
+	if errors.Is(err, statemachine.ErrStepNotFound) {
+		writeError(w, http.StatusNotFound, codeNotFound, "step "+step.String()+" not found")
+		return
+	}
+	if err != nil {
+		a.internalError(w, r, "read step due status", err, slog.String("step_uuid", step.String()))
+		return
+	}
+	due, reason := sd.Due()
+	writeJSON(w, http.StatusOK, stepStatusResponse{
+		StepUUID: sd.StepUUID, State: sd.State, Due: due, Reason: reason,
+		DueAt: sd.DueAt.UTC(), DueFromBackoff: sd.DueFromBackoff,
+		Processed: sd.Processed, InProcess: sd.InProcess, RetryEligible: sd.RetryEligible, Retryable: sd.Retryable,
+		Attempts: sd.Attempts, MaxAttempts: sd.MaxAttempts, UnmetParents: sd.UnmetParents, DBNow: sd.DBNow.UTC(),
+	})
+}
+
+// retryResponse is POST /v1/steps/{uuid}/retry's answer.
+type retryResponse struct {
+	StepUUID uuid.UUID `json:"step_uuid"`
+	Moved    bool      `json:"moved"`
+	DueAt    time.Time `json:"due_at"`
+	MovedAt  time.Time `json:"moved_at"`
+	Forced   bool      `json:"forced"`
+}
+
+// notMovedError is a refused retry: why, in the due rule's words.
+type notMovedError struct {
+	Error  string `json:"error"`
+	Code   string `json:"code"`
+	Reason string `json:"reason"`
+}
+
+func (a *adminAPI) retryStep(w http.ResponseWriter, r *http.Request) {
+	step, ok := stepParam(w, r)
+	if !ok {
+		return
+	}
+	force, ok := boolQuery(w, r, "force")
+	if !ok {
+		return
+	}
+	mv, err := a.sweeper.MoveStep(r.Context(), step, force)
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, retryResponse{
+			StepUUID: mv.StepUUID, Moved: true, DueAt: mv.DueAt.UTC(), MovedAt: mv.MovedAt.UTC(), Forced: force,
+		})
+	case errors.Is(err, sweeper.ErrNotDue):
+		a.explainNotMoved(w, r, step, force)
+	case errors.Is(err, sweeper.ErrLostRace):
+		writeError(w, http.StatusConflict, codeConflict, "another writer moved the step first")
+	default:
+		a.internalError(w, r, "move step", err, slog.String("step_uuid", step.String()))
+	}
+}
+
+// explainNotMoved answers a retry the claim refused: 404 for an unknown step,
+// else 409 with the due rule's reason.
+func (a *adminAPI) explainNotMoved(w http.ResponseWriter, r *http.Request, step uuid.UUID, force bool) {
+	sd, err := a.store.StepDueStatus(r.Context(), step)
+	if errors.Is(err, statemachine.ErrStepNotFound) {
+		writeError(w, http.StatusNotFound, codeNotFound, "step "+step.String()+" not found")
+		return
+	}
+	if err != nil {
+		a.internalError(w, r, "read step due status", err, slog.String("step_uuid", step.String()))
+		return
+	}
+	due, reason := sd.Due()
+	// The claim skips locked rows, so a step that is movable by the rule was
+	// held by a concurrent sweep or the orchestrator at that moment.
+	if due || (force && movableButForBackoff(sd)) {
+		reason = "step is locked by another writer right now; try again"
+	}
+	writeJSON(w, http.StatusConflict, notMovedError{Error: "step not moved: " + reason, Code: codeConflict, Reason: reason})
+}
+
+// movableButForBackoff reports whether every condition of the due rule but
+// the due time holds: what a forced retry requires.
+func movableButForBackoff(sd db.StepDue) bool {
+	return sd.State == statemachine.WaitingForRetry && !sd.Processed && !sd.InProcess &&
+		sd.RetryEligible && sd.UnmetParents == 0
+}
+
+// statusResponse is GET /v1/status.
+type statusResponse struct {
+	Ready         bool                         `json:"ready"`
+	CountsByState map[statemachine.State]int64 `json:"counts_by_state"`
+	DueNow        int64                        `json:"due_now"`
+	Stranded      int64                        `json:"stranded"`
+	NotYetDue     int64                        `json:"not_yet_due"`
+	NextDueAt     *time.Time                   `json:"next_due_at"`
+}
+
+func (a *adminAPI) status(w http.ResponseWriter, r *http.Request) {
+	counts, err := a.store.StepCountsByState(r.Context())
+	if err != nil {
+		a.internalError(w, r, "count steps by state", err)
+		return
+	}
+	due, err := a.store.CountDue(r.Context())
+	if err != nil {
+		a.internalError(w, r, "count due steps", err)
+		return
+	}
+	resp := statusResponse{
+		Ready: a.ready(), CountsByState: counts,
+		DueNow: due.Due, Stranded: due.Stranded, NotYetDue: due.NotYetDue,
+	}
+	if due.NotYetDue > 0 {
+		next := due.NextDueAt.UTC()
+		resp.NextDueAt = &next
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// authorized requires the bearer token on next when one is configured.
+func (a *adminAPI) authorized(next http.HandlerFunc) http.Handler {
+	if a.token == "" {
+		return next
+	}
+	want := sha256.Sum256([]byte(a.token))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		scheme, token, found := strings.Cut(r.Header.Get("Authorization"), " ")
+		if !found || !strings.EqualFold(scheme, "Bearer") {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tasker-sweeper"`)
+			writeError(w, http.StatusUnauthorized, codeUnauthorized, "missing bearer token: send Authorization: Bearer <token>")
+			return
+		}
+		// Hashing first makes the comparison constant-time in the length too.
+		got := sha256.Sum256([]byte(strings.TrimSpace(token)))
+		if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="tasker-sweeper", error="invalid_token"`)
+			writeError(w, http.StatusUnauthorized, codeUnauthorized, "invalid bearer token")
+			return
+		}
+		next(w, r)
+	})
+}
+
+// internalError answers an unexpected failure: 503 when the database is
+// known to be down (the caller can retry later), 500 otherwise, logged.
+func (a *adminAPI) internalError(w http.ResponseWriter, r *http.Request, what string, err error, attrs ...slog.Attr) {
+	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
+		// The client went away; nobody reads the answer.
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, what+": request cancelled")
+		return
+	}
+	if !a.ready() {
+		a.logger.LogAttrs(r.Context(), slog.LevelWarn, "admin API: database unreachable",
+			append(attrs, slog.String("operation", what), slog.Any("error", err))...)
+		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable: "+what+": "+err.Error())
+		return
+	}
+	a.logger.LogAttrs(r.Context(), slog.LevelError, "admin API request failed",
+		append(attrs, slog.String("method", r.Method), slog.String("path", r.URL.Path),
+			slog.String("operation", what), slog.Any("error", err))...)
+	writeError(w, http.StatusInternalServerError, codeInternal, "internal error: "+what+": "+err.Error())
+}
+
+// stepParam parses the {uuid} path segment, answering 400 when it is not one.
+func stepParam(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
+	raw := r.PathValue("uuid")
+	id, err := uuid.Parse(raw)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, codeBadRequest, fmt.Sprintf("invalid step uuid %q", raw))
+		return uuid.Nil, false
+	}
+	return id, true
+}
+
+// boolQuery parses an optional boolean query parameter (absent: false),
+// answering 400 when it is not a boolean.
+func boolQuery(w http.ResponseWriter, r *http.Request, name string) (bool, bool) {
+	raw := r.URL.Query().Get(name)
+	if raw == "" {
+		return false, true
+	}
+	v, err := strconv.ParseBool(raw)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, codeBadRequest, fmt.Sprintf("invalid %s %q: want true or false", name, raw))
+		return false, false
+	}
+	return v, true
+}
+
+// decodeJSON strictly decodes one JSON object from the body into dst:
+// unknown fields, trailing data and bodies over maxFailureBody are refused
+// with a 400 or 413 answered here.
+func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, maxFailureBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(dst)
+	if err == nil {
+		// Exactly one value: anything after it but whitespace is an error.
+		var extra json.RawMessage
+		if err = dec.Decode(&extra); errors.Is(err, io.EOF) {
+			return true
+		}
+		if err == nil {
+			err = errors.New("trailing data after the JSON object")
+		}
+	}
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		writeError(w, http.StatusRequestEntityTooLarge, codeTooLarge,
+			fmt.Sprintf("request body larger than %d bytes", tooLarge.Limit))
+		return false
+	}
+	writeError(w, http.StatusBadRequest, codeBadRequest, "invalid JSON body: "+describeDecodeError(err))
+	return false
+}
+
+func describeDecodeError(err error) string {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.Is(err, io.EOF):
+		return "empty body: want a JSON object"
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "unexpected end of JSON"
+	case errors.As(err, &syntax):
+		return fmt.Sprintf("%s (at byte %d)", syntax.Error(), syntax.Offset)
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return fmt.Sprintf("want a JSON object, got %s", typ.Value)
+		}
+		return fmt.Sprintf("field %s: want %s, got %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value)
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+// jsonKind names a Go kind as the JSON type a client should send.
+func jsonKind(kind string) string {
+	switch {
+	case kind == "bool":
+		return "a boolean"
+	case kind == "string":
+		return "a string"
+	case kind == "map" || kind == "struct":
+		return "an object"
+	case strings.HasPrefix(kind, "int") || strings.HasPrefix(kind, "uint") || strings.HasPrefix(kind, "float"):
+		return "a number"
+	}
+	return kind
+}
+
+// errorBody is every error answer of the admin API.
+type errorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, errorBody{Error: msg, Code: code})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		// Only our own response types get here; none can fail to marshal.
+		status = http.StatusInternalServerError
+		body = []byte(`{"error":"internal error: encode response","code":"internal"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(body, '\n'))
+}
+
+// statusRecorder remembers the status a handler wrote, for the request log
+// and so a panic after the header went out is not answered twice.
+type statusRecorder struct {
+	http.ResponseWriter
+	code        int
+	wroteHeader bool
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if !s.wroteHeader {
+		s.code, s.wroteHeader = code, true
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if !s.wroteHeader {
+		s.WriteHeader(http.StatusOK)
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusRecorder) status() int {
+	if !s.wroteHeader {
+		return http.StatusOK
+	}
+	return s.code
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// headerProbe captures the mux's answer to an unrouted request (status and
+// headers) and discards its plain-text body.
+type headerProbe struct {
+	header http.Header
+	code   int
+}
+
+func (p *headerProbe) Header() http.Header { return p.header }
+
+func (p *headerProbe) WriteHeader(code int) {
+	if p.code == 0 {
+		p.code = code
+	}
+}
+
+func (p *headerProbe) Write(b []byte) (int, error) {
+	if p.code == 0 {
+		p.code = http.StatusOK
+	}
+	return len(b), nil
 }

@@ -60,6 +60,8 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"run", "run the daemon: scheduled sweeps and the HTTP admin API", runDaemon},
+		{"once", "run one sweep now and print its summary", runOnce},
+		{"status", "print step counts per state, due and stranded steps", runStatus},
 		{"fail", "report one step failure to the inline handler", runFail},
 		{"migrate", "apply the sweeper's database migrations", runMigrate},
 	}

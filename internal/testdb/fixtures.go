@@ -94,16 +94,23 @@ func History(state statemachine.State) []statemachine.State {
 }
 
 // PlaceInState gives a step that has no transitions yet a realistic history
-// ending in state: sort_keys 1..n, one row a minute apart ending lastAt ago,
-// from_state NULL on the first row, only the last row most_recent. Each hop is
-// checked against the state machine, so a fixture can never hold a history
-// the orchestrator could not have written.
+// ending in state (see History).
 func PlaceInState(t testing.TB, pool *pgxpool.Pool, step uuid.UUID, state statemachine.State, lastAt time.Duration) {
 	t.Helper()
 	path, ok := historyTo[state]
 	if !ok {
 		t.Fatalf("no fixture history for state %q", state)
 	}
+	PlaceHistory(t, pool, step, path, lastAt)
+}
+
+// PlaceHistory writes path as a step's transition history: sort_keys 1..n,
+// one row a minute apart ending lastAt ago, from_state NULL on the first row,
+// only the last row most_recent. Each hop is checked against the state
+// machine, so a fixture can never hold a history the orchestrator could not
+// have written.
+func PlaceHistory(t testing.TB, pool *pgxpool.Pool, step uuid.UUID, path []statemachine.State, lastAt time.Duration) {
+	t.Helper()
 	for i := 1; i < len(path); i++ {
 		if !reachable(path[i-1], path[i]) {
 			t.Fatalf("fixture history %v: no event moves %s to %s", path, path[i-1], path[i])
@@ -124,7 +131,7 @@ VALUES ($1, $2, $3, '{"fixture": true}', $4, $5,
         now() - make_interval(secs => $6), now() - make_interval(secs => $6))`,
 			step, string(to), from, i+1, i == len(path)-1, ago.Seconds())
 		if err != nil {
-			t.Fatalf("place step in %s (row %d): %v", state, i+1, err)
+			t.Fatalf("place step history %v (row %d): %v", path, i+1, err)
 		}
 	}
 }
@@ -177,3 +184,34 @@ WHERE workflow_step_uuid = $1`,
 
 // Ptr returns a pointer to v, for StepColumns literals.
 func Ptr[T any](v T) *T { return &v }
+
+// SeedDue creates one task with n due waiting_for_retry steps, set-based,
+// each with the 5-row history the orchestrator would have written (attempts
+// 1, backoff 1 s expired an hour ago). It returns the task's uuid.
+func SeedDue(t testing.TB, pool *pgxpool.Pool, n int) uuid.UUID {
+	t.Helper()
+	task := CreateTask(t, pool, TaskSpec{Steps: 0})
+	_, err := pool.Exec(context.Background(), `
+WITH ns AS (
+    INSERT INTO tasker.named_steps (name, created_at, updated_at)
+    SELECT 'bulk-' || g || '-' || $1::uuid::text, now(), now() FROM generate_series(1, $2) g
+    RETURNING named_step_uuid
+), steps AS (
+    INSERT INTO tasker.workflow_steps (task_uuid, named_step_uuid, attempts, last_attempted_at,
+                                       backoff_request_seconds, created_at, updated_at)
+    SELECT $1::uuid, named_step_uuid, 1, now() - interval '1 hour', 1, now(), now() FROM ns
+    RETURNING workflow_step_uuid
+)
+INSERT INTO tasker.workflow_step_transitions
+    (workflow_step_uuid, to_state, from_state, metadata, sort_key, most_recent, created_at, updated_at)
+SELECT s.workflow_step_uuid, h.to_state, h.from_state, '{}', h.sort_key, h.sort_key = 5, now(), now()
+FROM steps s
+CROSS JOIN (VALUES (1, 'pending', NULL), (2, 'enqueued', 'pending'), (3, 'in_progress', 'enqueued'),
+                   (4, 'enqueued_as_error_for_orchestration', 'in_progress'),
+                   (5, 'waiting_for_retry', 'enqueued_as_error_for_orchestration')) AS h(sort_key, to_state, from_state)`,
+		task.TaskUUID, n)
+	if err != nil {
+		t.Fatalf("seed %d due steps: %v", n, err)
+	}
+	return task.TaskUUID
+}

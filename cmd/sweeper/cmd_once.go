@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"retrysweeper/sweeper"
+)
+
+// runOnce is `sweeper once`: one sweep now, its summary on stdout. Exit 0 on
+// success (also when nothing was due), 1 when the sweep failed.
+func runOnce(ctx context.Context, e env, args []string) error {
+	f := newFlags("once", e)
+	dbURL := databaseFlag(f)
+	cfg := sweepFlags(f)
+	logCfg := logFlags(f)
+	dryRun := f.fs.Bool("dry-run", false, "report what would move without writing")
+	asJSON := f.fs.Bool("json", false, "print the summary as one JSON object")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := checkDatabaseURL(*dbURL); err != nil {
+		return err
+	}
+	if err := checkSweepConfig(cfg); err != nil {
+		return err
+	}
+	logger, err := logCfg.logger(e.stderr)
+	if err != nil {
+		return err
+	}
+	store, err := openStore(ctx, *dbURL)
+	if err != nil {
+		return err
+	}
+	defer store.Pool().Close()
+
+	sum, sweepErr := sweeper.New(store, *cfg, logger, sweeper.Hooks{}).RunOnce(ctx, *dryRun)
+	if *asJSON {
+		if err := json.NewEncoder(e.stdout).Encode(sum); err != nil {
+			return err
+		}
+	} else {
+		verb := "moved to pending"
+		if sum.DryRun {
+			verb = "would move to pending (dry run)"
+		}
+		fmt.Fprintf(e.stdout, "sweep %s: %d step(s) %s, %d stranded, %d lost race(s), %d batch(es), %.1f ms\n",
+			sum.SweepID, sum.Transitioned, verb, sum.Stranded, sum.LostRaces, sum.Batches, sum.DurationMS)
+	}
+	return sweepErr
+}
