@@ -2,7 +2,6 @@ package sweeper_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"sort"
 	"testing"
@@ -19,7 +18,7 @@ import (
 	"retrysweeper/sweeper"
 )
 
-var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+var discard = slog.New(slog.DiscardHandler)
 
 // readiness is tasker's own readiness rule (get_step_readiness_status_batch
 // with evaluate_step_state_readiness and calculate_step_next_retry_time),

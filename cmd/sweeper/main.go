@@ -83,7 +83,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			continue
 		}
 		err := c.run(ctx, e, args[1:])
-		if err == nil {
+		if err == nil || errors.Is(err, errHelp) {
 			return exitOK
 		}
 		fmt.Fprintf(stderr, "sweeper %s: %v\n", c.name, err)

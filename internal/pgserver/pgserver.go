@@ -39,6 +39,8 @@ type Options struct {
 	// Settings are extra server settings passed as `-c name=value`; they win
 	// over the defaults.
 	Settings map[string]string
+	// Port to listen on; 0 picks a free one.
+	Port int
 }
 
 // Server is a running throwaway PostgreSQL server. Stop it to remove its data.
@@ -106,7 +108,10 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	// the server binding it; a few attempts make that race harmless.
 	var lastErr error
 	for range 5 {
-		port, err := freePort()
+		port, err := opts.Port, error(nil)
+		if port == 0 {
+			port, err = freePort()
+		}
 		if err != nil {
 			lastErr = err
 			continue
