@@ -6,6 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"retrysweeper/db"
 	"retrysweeper/db/dbsqlc"
 	"retrysweeper/internal/testdb"
 	"retrysweeper/statemachine"
@@ -44,4 +45,18 @@ WHERE task_uuid = $1`, task.TaskUUID, justAfter)
 	var now = dbNow
 	require.NoError(t, tx.QueryRow(ctx, `SELECT now()::timestamp`).Scan(&now))
 	require.Equal(t, now, dbNow, "due_at is exactly the transaction's now()")
+}
+
+// A step without transitions is pending; its due status must still answer
+// (it used to fail scanning a NULL due time).
+func TestStepDueStatusWithoutTransitions(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+	due, err := db.NewStore(pool).StepDueStatus(context.Background(), step)
+	require.NoError(t, err)
+	require.Equal(t, statemachine.Pending, due.State)
+	ok, reason := due.Due()
+	require.False(t, ok)
+	require.Contains(t, reason, "not waiting_for_retry")
 }

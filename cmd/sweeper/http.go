@@ -88,7 +88,8 @@ func (a *adminAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w}
 	defer func() {
 		if p := recover(); p != nil {
-			if p == http.ErrAbortHandler { // net/http's own way to abort a response: let it through
+			if err, ok := p.(error); ok && errors.Is(err, http.ErrAbortHandler) {
+				// net/http's own way to abort a response: let it through.
 				panic(p)
 			}
 			a.logger.LogAttrs(r.Context(), slog.LevelError, "admin API handler panicked",

@@ -64,7 +64,8 @@ SELECT
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
          WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
-        cur.created_at
+        cur.created_at,
+        ws.created_at
     ) AS due_at,
     (ws.backoff_request_seconds IS NOT NULL AND ws.last_attempted_at IS NOT NULL)::boolean AS due_from_backoff,
     ws.attempts,
