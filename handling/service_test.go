@@ -783,3 +783,28 @@ func TestHandleStepErrorClassifierSeesDefaultMaxAttempts(t *testing.T) {
 	require.Equal(t, 7, classifier.seen[0].MaxAttempts)
 	require.Equal(t, time.Duration(0), classifier.seen[0].ExecutionDuration, "no last_attempted_at, no duration")
 }
+
+// Jitter comes from the injected source and is recorded beside the delay.
+func TestHandleStepErrorJitterFromInjectedRand(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
+		Attempts: testdb.Ptr[int32](3), MaxAttempts: testdb.Ptr[int32](5),
+	}).Steps[0]
+	cfg := handling.DefaultConfig()
+	cfg.Backoff.JitterFraction = 0.5
+
+	// 1 s × 2³ = 8 s; a draw of 0.75 is +0.5 × 0.5 × 8 s = +2 s.
+	res, err := newService(pool, cfg, handling.WithRand(fixedRand(0.75))).HandleStepError(
+		context.Background(), handling.Failure{StepUUID: step, Message: "upstream hiccup"})
+	require.NoError(t, err)
+	require.NotNil(t, res.BackoffSeconds)
+	require.Equal(t, int32(10), *res.BackoffSeconds)
+	row := readStep(t, pool, step)
+	require.NotNil(t, row.BackoffRequestSeconds)
+	require.Equal(t, int32(10), *row.BackoffRequestSeconds)
+	rows := transitions(t, pool, step)
+	require.Len(t, rows, failedHistory+1)
+	require.Equal(t, float64(10), rows[failedHistory].Metadata["backoff_seconds"])
+	require.Equal(t, float64(2), rows[failedHistory].Metadata["jitter_seconds"])
+}
