@@ -36,6 +36,10 @@ check-generated: $(SQLC) ## Fail if the generated sqlc code is out of date
 build: ## Build the sweeper binary into bin/
 	$(GO) build -o $(BIN)/sweeper ./cmd/sweeper
 
+.PHONY: demo
+demo: build ## Run the sweeper against a throwaway PostgreSQL with demo data
+	$(BIN)/sweeper demo
+
 .PHONY: vet
 vet: ## go vet
 	$(GO) vet ./...

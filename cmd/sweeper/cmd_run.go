@@ -133,15 +133,23 @@ func runDaemon(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return serveDaemon(ctx, cfg, logger, nil)
+	return serveDaemon(ctx, cfg, logger, daemonHooks{})
+}
+
+// daemonHooks let a caller of serveDaemon (the demo, tests) observe it.
+// Every field is optional.
+type daemonHooks struct {
+	// started receives the admin API's address once it listens.
+	started func(addr string)
+	// sweepDone runs after every sweep, scheduled or manual.
+	sweepDone func(sweeper.Summary, error)
 }
 
 // serveDaemon runs the daemon until ctx is cancelled: admin API, database
 // health checks and scheduled sweeps. It starts even when the database is
 // down. On shutdown it stops the API and the schedule, then gives in-flight
-// batches cfg.grace to commit. started, if set, receives the listener's
-// address once the API is up.
-func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, started func(addr string)) error {
+// batches cfg.grace to commit.
+func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hooks daemonHooks) error {
 	poolCfg, err := db.PoolConfig(cfg.databaseURL)
 	if err != nil {
 		return usageErrorf("invalid --database-url: %v", err)
@@ -163,7 +171,15 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, sta
 			m.databaseUp.Set(0)
 		}
 	})
-	sw := sweeper.New(store, cfg.sweep, logger, m.sweepHooks())
+	sweepHooks := m.sweepHooks()
+	if hooks.sweepDone != nil {
+		recordSweep := sweepHooks.SweepDone
+		sweepHooks.SweepDone = func(sum sweeper.Summary, err error) {
+			recordSweep(sum, err)
+			hooks.sweepDone(sum, err)
+		}
+	}
+	sw := sweeper.New(store, cfg.sweep, logger, sweepHooks)
 	sched, err := sweeper.NewScheduler(sw, cfg.schedule, logger, sweeper.SchedulerOptions{
 		Ready: health.Ready, OnSkippedTick: m.skippedTick,
 	})
@@ -201,8 +217,8 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, sta
 	logger.Info("sweeper running",
 		slog.String("http_addr", listener.Addr().String()), slog.String("schedule", cfg.schedule),
 		slog.Int("batch_size", cfg.sweep.BatchSize), slog.Int("workers", cfg.sweep.Workers))
-	if started != nil {
-		started(listener.Addr().String())
+	if hooks.started != nil {
+		hooks.started(listener.Addr().String())
 	}
 
 	runCtx, stopRun := context.WithCancel(ctx)
@@ -235,4 +251,3 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, sta
 	logger.Info("sweeper stopped")
 	return runErr
 }
-

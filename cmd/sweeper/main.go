@@ -64,6 +64,7 @@ func commands() []command {
 		{"status", "print step counts per state, due and stranded steps", runStatus},
 		{"fail", "report one step failure to the inline handler", runFail},
 		{"migrate", "apply the sweeper's database migrations", runMigrate},
+		{"demo", "run the daemon against a throwaway PostgreSQL with demo data", runDemo},
 	}
 }
 

@@ -108,6 +108,10 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	// the server binding it; a few attempts make that race harmless.
 	var lastErr error
 	for range 5 {
+		if ctx.Err() != nil {
+			lastErr = ctx.Err()
+			break
+		}
 		port, err := opts.Port, error(nil)
 		if port == 0 {
 			port, err = freePort()
