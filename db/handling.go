@@ -12,6 +12,7 @@ import (
 	"retrysweeper/db/dbsqlc"
 	"retrysweeper/handling"
 	"retrysweeper/statemachine"
+	"retrysweeper/sweeper"
 )
 
 var _ handling.Store = (*Store)(nil)
@@ -41,7 +42,13 @@ func (s *Store) StepForFailure(ctx context.Context, step uuid.UUID) (handling.St
 // leaves neither the backoff nor the transition behind.
 func (s *Store) ApplyFailure(ctx context.Context, w handling.FailureWrite) (handling.Applied, error) {
 	var applied handling.Applied
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	// Known before the transaction starts: looking it up inside would need a
+	// second connection while this one is held.
+	path, err := s.Path(ctx)
+	if err != nil {
+		return applied, err
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
 		row, err := q.StepRecordFailure(ctx, dbsqlc.StepRecordFailureParams{
 			SetBackoff:            w.BackoffSeconds != nil,
@@ -62,13 +69,30 @@ func (s *Store) ApplyFailure(ctx context.Context, w handling.FailureWrite) (hand
 		if w.Event == nil {
 			return nil
 		}
-		_, err = writeTransition(ctx, q, Transition{
+		if _, err := writeTransition(ctx, q, Transition{
 			StepUUID: w.StepUUID, From: w.From, Event: *w.Event, Provenance: w.Provenance,
-		})
-		return err
+		}); err != nil {
+			return err
+		}
+		if path != sweeper.PathSchedule {
+			return nil
+		}
+		return schedule(ctx, q, w, applied.NextRetryAt)
 	})
 	if err != nil {
 		return handling.Applied{}, fmt.Errorf("apply failure to step %s: %w", w.StepUUID, err)
 	}
 	return applied, nil
+}
+
+// schedule puts a step the handler just parked in waiting_for_retry on the
+// sweeper's schedule, in the same transaction.
+func schedule(ctx context.Context, q *dbsqlc.Queries, w handling.FailureWrite, dueAt *time.Time) error {
+	if w.Event == nil || w.Event.Type != statemachine.EventWaitForRetry || dueAt == nil {
+		return nil
+	}
+	if err := q.SchedulePark(ctx, dbsqlc.ScheduleParkParams{WorkflowStepUUID: w.StepUUID, DueAt: *dueAt}); err != nil {
+		return fmt.Errorf("schedule the retry: %w", translate(err))
+	}
+	return nil
 }

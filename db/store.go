@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -16,12 +17,15 @@ import (
 
 	"retrysweeper/db/dbsqlc"
 	"retrysweeper/statemachine"
+	"retrysweeper/sweeper"
 )
 
 // Store reads and writes tasker steps through one pool.
 type Store struct {
 	pool *pgxpool.Pool
 	q    *dbsqlc.Queries
+	// path caches how this database is swept (see Path).
+	path atomic.Pointer[sweeper.Path]
 }
 
 // NewStore wraps a pool; the pool should come from Connect (UTC sessions).

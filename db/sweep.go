@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -16,10 +17,39 @@ import (
 
 var _ sweeper.Store = (*Store)(nil)
 
+// Path implements sweeper.Store: the schedule when the sweeper-owned objects
+// are installed, the full scan otherwise. The answer is cached once known;
+// installing the objects takes effect when the process restarts.
+func (s *Store) Path(ctx context.Context) (sweeper.Path, error) {
+	if p := s.path.Load(); p != nil {
+		return *p, nil
+	}
+	present, err := s.q.SchedulePresent(ctx)
+	if err != nil {
+		return "", fmt.Errorf("look for the sweeper-owned objects: %w", translate(err))
+	}
+	p := sweeper.PathScan
+	if present {
+		p = sweeper.PathSchedule
+	}
+	s.path.Store(&p)
+	return p, nil
+}
+
+// claim is one claimed step, whichever query claimed it.
+type claim struct {
+	step, task uuid.UUID
+	dueAt      time.Time
+}
+
 // MoveDueBatch implements sweeper.Store: claim (FOR UPDATE SKIP LOCKED) and
-// move in one transaction, two statements whatever the batch size.
+// move in one transaction, a fixed number of statements whatever the batch
+// size.
 func (s *Store) MoveDueBatch(ctx context.Context, b sweeper.Batch) (sweeper.BatchResult, error) {
-	var res sweeper.BatchResult
+	path, err := s.Path(ctx)
+	if err != nil {
+		return sweeper.BatchResult{}, err
+	}
 	meta, err := statemachine.Metadata(statemachine.RetryEvent(), time.Now(), map[string]any{
 		"actor":    "tasker-sweeper/sweep",
 		"why":      retryWhy(b),
@@ -28,13 +58,12 @@ func (s *Store) MoveDueBatch(ctx context.Context, b sweeper.Batch) (sweeper.Batc
 		"forced":   b.Force,
 	})
 	if err != nil {
-		return res, fmt.Errorf("build metadata: %w", err)
+		return sweeper.BatchResult{}, fmt.Errorf("build metadata: %w", err)
 	}
+	var res sweeper.BatchResult
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
-		claimed, err := q.SweepClaimDue(ctx, dbsqlc.SweepClaimDueParams{
-			OnlyStep: b.OnlyStep, Force: b.Force, BatchLimit: int32(b.Limit),
-		})
+		claimed, err := claimBatch(ctx, q, path, b)
 		if err != nil {
 			return fmt.Errorf("claim due steps: %w", translate(err))
 		}
@@ -42,45 +71,92 @@ func (s *Store) MoveDueBatch(ctx context.Context, b sweeper.Batch) (sweeper.Batc
 		if len(claimed) == 0 {
 			return nil
 		}
-		ids := make([]uuid.UUID, len(claimed))
-		dues := make([]time.Time, len(claimed))
-		dueOf := make(map[uuid.UUID]time.Time, len(claimed))
-		for i, c := range claimed {
-			ids[i], dues[i] = c.WorkflowStepUUID, c.DueAt
-			dueOf[c.WorkflowStepUUID] = c.DueAt
-		}
-		moved, err := q.SweepMoveToPending(ctx, dbsqlc.SweepMoveToPendingParams{
-			StepUuids: ids, DueAts: dues, Metadata: meta,
-		})
+		res.Moved, err = moveClaimed(ctx, q, claimed, meta)
 		if err != nil {
-			return fmt.Errorf("move steps to pending: %w", translate(err))
+			return err
 		}
-		res.Moved = make([]sweeper.Moved, len(moved))
-		tasks := make([]uuid.UUID, 0, len(moved))
-		seen := make(map[uuid.UUID]bool, len(moved))
-		for i, m := range moved {
-			res.Moved[i] = sweeper.Moved{
-				StepUUID: m.WorkflowStepUUID, TaskUUID: m.TaskUUID, DueAt: dueOf[m.WorkflowStepUUID], MovedAt: m.MovedAt,
+		if path == sweeper.PathSchedule {
+			ids := make([]uuid.UUID, len(res.Moved))
+			for i, m := range res.Moved {
+				ids[i] = m.StepUUID
 			}
-			if !seen[m.TaskUUID] {
-				seen[m.TaskUUID] = true
-				tasks = append(tasks, m.TaskUUID)
+			if err := q.ScheduleForget(ctx, ids); err != nil {
+				return fmt.Errorf("drop moved steps from the schedule: %w", translate(err))
 			}
 		}
-		if b.NotifyChannel == "" || len(tasks) == 0 {
-			return nil
-		}
-		for _, payload := range notifyPayloads(b.SweepID, tasks) {
-			if err := q.SweepNotify(ctx, dbsqlc.SweepNotifyParams{Channel: b.NotifyChannel, Payload: payload}); err != nil {
-				return fmt.Errorf("notify %s: %w", b.NotifyChannel, translate(err))
-			}
-		}
-		return nil
+		return notify(ctx, q, b, res.Moved)
 	})
 	if err != nil {
 		return sweeper.BatchResult{}, fmt.Errorf("batch %d: %w", b.Number, err)
 	}
 	return res, nil
+}
+
+func claimBatch(ctx context.Context, q *dbsqlc.Queries, path sweeper.Path, b sweeper.Batch) ([]claim, error) {
+	var out []claim
+	switch {
+	case b.OnlyStep != nil:
+		rows, err := q.StepClaimForRetry(ctx, dbsqlc.StepClaimForRetryParams{WorkflowStepUUID: *b.OnlyStep, Force: b.Force})
+		for _, r := range rows {
+			out = append(out, claim{r.WorkflowStepUUID, r.TaskUUID, r.DueAt})
+		}
+		return out, err
+	case path == sweeper.PathSchedule:
+		rows, err := q.ScheduleClaimDue(ctx, int32(b.Limit))
+		for _, r := range rows {
+			out = append(out, claim{r.WorkflowStepUUID, r.TaskUUID, r.DueAt})
+		}
+		return out, err
+	default:
+		rows, err := q.SweepClaimDue(ctx, int32(b.Limit))
+		for _, r := range rows {
+			out = append(out, claim{r.WorkflowStepUUID, r.TaskUUID, r.DueAt})
+		}
+		return out, err
+	}
+}
+
+// moveClaimed moves the claimed steps to pending in one statement; a step
+// another writer changed meanwhile is simply not among the moved.
+func moveClaimed(ctx context.Context, q *dbsqlc.Queries, claimed []claim, meta []byte) ([]sweeper.Moved, error) {
+	ids := make([]uuid.UUID, len(claimed))
+	dues := make([]time.Time, len(claimed))
+	dueOf := make(map[uuid.UUID]time.Time, len(claimed))
+	for i, c := range claimed {
+		ids[i], dues[i] = c.step, c.dueAt
+		dueOf[c.step] = c.dueAt
+	}
+	rows, err := q.SweepMoveToPending(ctx, dbsqlc.SweepMoveToPendingParams{StepUuids: ids, DueAts: dues, Metadata: meta})
+	if err != nil {
+		return nil, fmt.Errorf("move steps to pending: %w", translate(err))
+	}
+	moved := make([]sweeper.Moved, len(rows))
+	for i, m := range rows {
+		moved[i] = sweeper.Moved{StepUUID: m.WorkflowStepUUID, TaskUUID: m.TaskUUID, DueAt: dueOf[m.WorkflowStepUUID], MovedAt: m.MovedAt}
+	}
+	return moved, nil
+}
+
+// notify tells the batch's channel, if any, which tasks have steps pending
+// again; PostgreSQL delivers it only if the transaction commits.
+func notify(ctx context.Context, q *dbsqlc.Queries, b sweeper.Batch, moved []sweeper.Moved) error {
+	if b.NotifyChannel == "" || len(moved) == 0 {
+		return nil
+	}
+	tasks := make([]uuid.UUID, 0, len(moved))
+	seen := make(map[uuid.UUID]bool, len(moved))
+	for _, m := range moved {
+		if !seen[m.TaskUUID] {
+			seen[m.TaskUUID] = true
+			tasks = append(tasks, m.TaskUUID)
+		}
+	}
+	for _, payload := range notifyPayloads(b.SweepID, tasks) {
+		if err := q.SweepNotify(ctx, dbsqlc.SweepNotifyParams{Channel: b.NotifyChannel, Payload: payload}); err != nil {
+			return fmt.Errorf("notify %s: %w", b.NotifyChannel, translate(err))
+		}
+	}
+	return nil
 }
 
 func retryWhy(b sweeper.Batch) string {
@@ -122,7 +198,9 @@ func notifyPayloads(sweepID uuid.UUID, tasks []uuid.UUID) []string {
 	return out
 }
 
-// CountDue implements sweeper.Store.
+// CountDue implements sweeper.Store. It always evaluates the due rule over
+// the tasker tables, whatever the path: it is the reference a dry run and
+// `sweeper status` report, and it writes nothing.
 func (s *Store) CountDue(ctx context.Context) (sweeper.Counts, error) {
 	row, err := s.q.SweepCountDue(ctx)
 	if err != nil {
@@ -131,17 +209,133 @@ func (s *Store) CountDue(ctx context.Context) (sweeper.Counts, error) {
 	return sweeper.Counts{Due: row.Due, Stranded: row.Stranded, NotYetDue: row.NotYetDue, NextDueAt: row.NextDueAt}, nil
 }
 
-// StrandedSample implements sweeper.Store.
-func (s *Store) StrandedSample(ctx context.Context, limit int) ([]sweeper.StrandedStep, error) {
-	rows, err := s.q.SweepStrandedSample(ctx, int32(limit))
+// Stranded implements sweeper.Store. On the schedule path it reads the
+// schedule's stranded flags (as of each row's last evaluation), which costs
+// in proportion to the stranded steps; on the scan path it evaluates every
+// waiting step.
+func (s *Store) Stranded(ctx context.Context, sample int) (int64, []sweeper.StrandedStep, error) {
+	path, err := s.Path(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("list stranded steps: %w", translate(err))
+		return 0, nil, err
 	}
-	out := make([]sweeper.StrandedStep, len(rows))
-	for i, r := range rows {
-		out[i] = sweeper.StrandedStep{
-			StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID, Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable,
+	var count int64
+	var steps []sweeper.StrandedStep
+	if path == sweeper.PathSchedule {
+		if count, err = s.q.ScheduleStranded(ctx); err != nil {
+			return 0, nil, fmt.Errorf("count stranded steps: %w", translate(err))
+		}
+		if count == 0 {
+			return 0, nil, nil
+		}
+		rows, err := s.q.ScheduleStrandedSample(ctx, int32(sample))
+		if err != nil {
+			return 0, nil, fmt.Errorf("list stranded steps: %w", translate(err))
+		}
+		for _, r := range rows {
+			steps = append(steps, sweeper.StrandedStep{StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID,
+				Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable})
+		}
+		return count, steps, nil
+	}
+	rows, err := s.q.SweepStrandedSample(ctx, int32(sample))
+	if err != nil {
+		return 0, nil, fmt.Errorf("list stranded steps: %w", translate(err))
+	}
+	if len(rows) == 0 {
+		return 0, nil, nil
+	}
+	for _, r := range rows {
+		steps = append(steps, sweeper.StrandedStep{StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID,
+			Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable})
+	}
+	counts, err := s.CountDue(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	return counts.Stranded, steps, nil
+}
+
+// StrandedSample lists up to limit stranded steps (for `sweeper status`).
+func (s *Store) StrandedSample(ctx context.Context, limit int) ([]sweeper.StrandedStep, error) {
+	_, steps, err := s.Stranded(ctx, limit)
+	return steps, err
+}
+
+// Adoption tuning. The margin covers writers whose transaction started
+// (and stamped created_at) before the previous pass but committed after it;
+// the periodic full pass catches anything slower than that.
+const (
+	adoptionMargin       = time.Minute
+	adoptionFullInterval = 15 * time.Minute
+)
+
+// Adopt implements sweeper.Store: steps other writers parked in
+// waiting_for_retry get schedule rows. Passes are incremental (transitions
+// created since the last pass, minus a margin) with a full pass every
+// adoptionFullInterval; the state lives in the database, so replicas and
+// one-shot runs share it. A replica that finds another one adopting skips.
+func (s *Store) Adopt(ctx context.Context) (sweeper.Adoption, error) {
+	var res sweeper.Adoption
+	if path, err := s.Path(ctx); err != nil || path != sweeper.PathSchedule {
+		return res, err
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		q := s.q.WithTx(tx)
+		state, err := q.AdoptionState(ctx)
+		if errors.Is(err, pgx.ErrNoRows) {
+			res.Skipped = true // another replica is adopting right now
+			return nil
+		}
+		if err != nil {
+			return translate(err)
+		}
+		var since time.Time // the zero time: every waiting step
+		res.Full = state.Watermark == nil || state.LastFullPass == nil ||
+			state.DbNow.Sub(*state.LastFullPass) >= adoptionFullInterval
+		if !res.Full {
+			since = state.Watermark.Add(-adoptionMargin)
+		}
+		row, err := q.ScheduleAdopt(ctx, since)
+		if err != nil {
+			return translate(err)
+		}
+		res.Adopted = int(row.Adopted)
+		return translate(q.AdoptionAdvance(ctx, dbsqlc.AdoptionAdvanceParams{Watermark: row.ScannedAt, FullPass: res.Full}))
+	})
+	if err != nil {
+		return res, fmt.Errorf("adopt waiting steps: %w", err)
+	}
+	return res, nil
+}
+
+// rescheduleBatch bounds one reschedule statement; recheckAfter is how long
+// a blocked or stranded step waits before the schedule looks at it again.
+const (
+	rescheduleBatch = 1000
+	recheckAfter    = 30 * time.Second
+)
+
+// Reschedule implements sweeper.Store: schedule rows whose time has come but
+// that no sweep moved are dropped (step no longer waiting) or pushed to
+// their real due time or a later re-check, so idle sweeps stay cheap.
+func (s *Store) Reschedule(ctx context.Context) (sweeper.Rescheduled, error) {
+	var res sweeper.Rescheduled
+	if path, err := s.Path(ctx); err != nil || path != sweeper.PathSchedule {
+		return res, err
+	}
+	for {
+		row, err := s.q.ScheduleReschedule(ctx, dbsqlc.ScheduleRescheduleParams{
+			BatchLimit: rescheduleBatch, RecheckSeconds: int32(recheckAfter / time.Second),
+		})
+		if err != nil {
+			return res, fmt.Errorf("reschedule: %w", translate(err))
+		}
+		res.Dropped += int(row.Dropped)
+		res.Deferred += int(row.Deferred)
+		// Stop at the end of the overdue rows, or when a page changed
+		// nothing (all movable: the next sweep moves them).
+		if row.Examined < rescheduleBatch || row.Dropped+row.Deferred == 0 {
+			return res, nil
 		}
 	}
-	return out, nil
 }

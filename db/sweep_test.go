@@ -36,7 +36,7 @@ SET attempts = 1, backoff_request_seconds = 30,
 WHERE task_uuid = $1`, task.TaskUUID, justAfter)
 	require.NoError(t, err)
 
-	claimed, err := dbsqlc.New(tx).SweepClaimDue(ctx, dbsqlc.SweepClaimDueParams{BatchLimit: 10})
+	claimed, err := dbsqlc.New(tx).SweepClaimDue(ctx, 10)
 	require.NoError(t, err)
 	require.Len(t, claimed, 1)
 	require.Equal(t, atNow, claimed[0].WorkflowStepUUID)

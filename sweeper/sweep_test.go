@@ -233,9 +233,25 @@ func tasksOf(fx []ruleFixture) []uuid.UUID {
 	return out
 }
 
+// bothPaths runs a test against a database with the sweeper-owned objects
+// (schedule path) and one without (scan path): both must be parity-exact.
+func bothPaths(t *testing.T, test func(t *testing.T, objects testdb.Objects)) {
+	t.Helper()
+	for _, objects := range []testdb.Objects{testdb.WithSweeperObjects, testdb.TaskerOnly} {
+		t.Run(objects.String(), func(t *testing.T) {
+			t.Parallel()
+			test(t, objects)
+		})
+	}
+}
+
 func TestSweepMovesExactlyTheDueSteps(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
+	bothPaths(t, testSweepMovesExactlyTheDueSteps)
+}
+
+func testSweepMovesExactlyTheDueSteps(t *testing.T, objects testdb.Objects) {
+	pool := testdb.NewFor(t, objects)
 	ctx := context.Background()
 	fx := buildRuleFixtures(t, pool)
 	tasks := tasksOf(fx)
@@ -265,6 +281,11 @@ func TestSweepMovesExactlyTheDueSteps(t *testing.T) {
 
 	sum, err := sw.RunOnce(ctx, false)
 	require.NoError(t, err)
+	wantPath := sweeper.PathSchedule
+	if objects == testdb.TaskerOnly {
+		wantPath = sweeper.PathScan
+	}
+	require.Equal(t, wantPath, sum.Path)
 	require.Equal(t, len(wantDue), sum.Transitioned)
 	require.Zero(t, sum.LostRaces)
 	require.Equal(t, int64(3), sum.Stranded, "exhausted, retryable=false, max_attempts NULL with 3 attempts")
@@ -313,7 +334,11 @@ func TestSweepMovesExactlyTheDueSteps(t *testing.T) {
 // the binary's end-to-end test) move every step exactly once.
 func TestConcurrentSweepersMoveEachStepOnce(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
+	bothPaths(t, testConcurrentSweepersMoveEachStepOnce)
+}
+
+func testConcurrentSweepersMoveEachStepOnce(t *testing.T, objects testdb.Objects) {
+	pool := testdb.NewFor(t, objects)
 	ctx := context.Background()
 	const steps = 2000
 	testdb.SeedDue(t, pool, steps)

@@ -70,15 +70,55 @@ type StrandedStep struct {
 	Retryable   bool
 }
 
+// Path is how a store finds due steps.
+type Path string
+
+const (
+	// PathSchedule reads candidates from the sweeper-owned retry schedule
+	// by due time: a sweep costs in proportion to the due steps.
+	PathSchedule Path = "schedule"
+	// PathScan evaluates the due rule over every waiting step (the
+	// sweeper-owned objects are not installed): correct, slower on large
+	// tables.
+	PathScan Path = "scan"
+)
+
+// Adoption reports one pass that brought steps parked by other writers into
+// the schedule.
+type Adoption struct {
+	Adopted int
+	// Full is a pass over every waiting step rather than the recent ones.
+	Full bool
+	// Skipped means another replica was adopting at the time.
+	Skipped bool
+}
+
+// Rescheduled reports the schedule rows a sweep left behind and re-evaluated.
+type Rescheduled struct {
+	// Dropped rows belonged to steps no longer waiting_for_retry.
+	Dropped int
+	// Deferred rows were moved to a later time: backoff changed, blocked, or
+	// stranded.
+	Deferred int
+}
+
 // Store is what a sweep needs from the database.
 type Store interface {
+	// Path says how due steps are found; it decides whether Adopt and
+	// Reschedule do anything.
+	Path(ctx context.Context) (Path, error)
 	// MoveDueBatch claims up to b.Limit due steps with FOR UPDATE SKIP LOCKED
 	// and moves them to pending in one transaction.
 	MoveDueBatch(ctx context.Context, b Batch) (BatchResult, error)
 	// CountDue evaluates the due rule without locking or writing.
 	CountDue(ctx context.Context) (Counts, error)
-	// StrandedSample lists up to limit stranded steps.
-	StrandedSample(ctx context.Context, limit int) ([]StrandedStep, error)
+	// Stranded counts the stranded steps and lists up to sample of them.
+	Stranded(ctx context.Context, sample int) (int64, []StrandedStep, error)
+	// Adopt schedules waiting steps parked by other writers (schedule path).
+	Adopt(ctx context.Context) (Adoption, error)
+	// Reschedule re-evaluates schedule rows whose time passed but that no
+	// sweep moved (schedule path).
+	Reschedule(ctx context.Context) (Rescheduled, error)
 }
 
 // Config tunes a sweep.
@@ -122,7 +162,11 @@ type Summary struct {
 	// Stranded is how many waiting_for_retry steps are not retry-eligible.
 	Stranded int64 `json:"stranded"`
 	// LostRaces is how many claimed steps another writer moved first.
-	LostRaces     int           `json:"lost_races"`
+	LostRaces int `json:"lost_races"`
+	// Path is how due steps were found: schedule or scan.
+	Path Path `json:"path"`
+	// Adopted is how many steps parked by other writers joined the schedule.
+	Adopted       int           `json:"adopted"`
 	Batches       int           `json:"batches"`
 	FailedBatches int           `json:"failed_batches"`
 	StartedAt     time.Time     `json:"started_at"`
@@ -145,6 +189,8 @@ type Sweeper struct {
 	cfg    Config
 	logger *slog.Logger
 	hooks  Hooks
+	// loggedPath is the path last announced in the logs.
+	loggedPath atomic.Value
 }
 
 // New builds a Sweeper; cfg must be valid (see Config.Validate).
@@ -175,6 +221,19 @@ func (s *Sweeper) RunOnce(ctx context.Context, dryRun bool) (Summary, error) {
 }
 
 func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) error {
+	path, err := s.store.Path(ctx)
+	if err != nil {
+		return fmt.Errorf("choose sweep path: %w", err)
+	}
+	sum.Path = path
+	if prev, _ := s.loggedPath.Swap(path).(Path); prev != path {
+		if path == PathSchedule {
+			log.Info("sweep path: schedule (sweeper-owned objects installed; cost follows the due steps)")
+		} else {
+			log.Warn("sweep path: scan (sweeper-owned objects missing; every waiting step is evaluated on " +
+				"each sweep: run 'sweeper migrate' to install them)")
+		}
+	}
 	if sum.DryRun {
 		counts, err := s.store.CountDue(ctx)
 		if err != nil {
@@ -184,24 +243,42 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 		sum.Stranded = counts.Stranded
 		return nil
 	}
-	stranded, err := s.store.StrandedSample(ctx, strandedSampleSize)
+	adoption, err := s.store.Adopt(ctx)
 	if err != nil {
-		return fmt.Errorf("list stranded steps: %w", err)
+		return err
 	}
-	if len(stranded) > 0 {
-		counts, err := s.store.CountDue(ctx)
-		if err != nil {
-			return fmt.Errorf("count stranded steps: %w", err)
-		}
-		sum.Stranded = counts.Stranded
-		ids := make([]string, len(stranded))
-		for i, st := range stranded {
+	sum.Adopted = adoption.Adopted
+	if adoption.Adopted > 0 || adoption.Full {
+		log.Info("adopted steps parked by other writers", slog.Int("adopted", adoption.Adopted),
+			slog.Bool("full_pass", adoption.Full))
+	}
+	stranded, sample, err := s.store.Stranded(ctx, strandedSampleSize)
+	if err != nil {
+		return fmt.Errorf("count stranded steps: %w", err)
+	}
+	sum.Stranded = stranded
+	if stranded > 0 {
+		ids := make([]string, len(sample))
+		for i, st := range sample {
 			ids[i] = st.StepUUID.String()
 		}
 		log.Warn("stranded steps: waiting_for_retry but not retry-eligible; only an operator can move them",
-			slog.Int64("stranded", counts.Stranded), slog.Any("sample_step_uuids", ids))
+			slog.Int64("stranded", stranded), slog.Any("sample_step_uuids", ids))
 	}
-	return s.runBatches(ctx, log, sum)
+	if err := s.runBatches(ctx, log, sum); err != nil {
+		return err
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	res, err := s.store.Reschedule(ctx)
+	if err != nil {
+		return err
+	}
+	if res.Dropped > 0 || res.Deferred > 0 {
+		log.Debug("schedule rows re-evaluated", slog.Int("dropped", res.Dropped), slog.Int("deferred", res.Deferred))
+	}
+	return nil
 }
 
 func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary) error {
@@ -216,7 +293,7 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 	for !exhausted.Load() && ctx.Err() == nil {
 		number++
 		batch := Batch{SweepID: sum.SweepID, Number: number, Limit: s.cfg.BatchSize, NotifyChannel: s.cfg.NotifyChannel}
-		g.Go(func() error {
+		do := func() error {
 			res, err := s.runBatch(ctx, batch)
 			if err != nil || res.Claimed < batch.Limit {
 				exhausted.Store(true)
@@ -237,7 +314,14 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 			sum.Transitioned += len(res.Moved)
 			sum.LostRaces += res.Claimed - len(res.Moved)
 			return nil
-		})
+		}
+		if number == 1 {
+			// The first batch runs alone: an idle sweep costs one
+			// transaction, and workers start only when there is a backlog.
+			_ = do()
+			continue
+		}
+		g.Go(do)
 	}
 	_ = g.Wait()
 	if firstErr != nil {

@@ -15,8 +15,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"retrysweeper/db"
 	"retrysweeper/db/migrations"
 	"retrysweeper/handling"
@@ -153,12 +151,12 @@ func (d *demo) run(ctx context.Context) (err error) {
 	}
 
 	plan := newDemoPlan(d.cfg.tasks)
-	seeded, err := plan.seed(ctx, store.Pool())
+	seeded, err := plan.seed(ctx, store)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(d.out, "Seeded %d tasks × %d steps into %s (%d steps, %d edges, %d transitions).\n",
-		seeded.tasks, len(demoStepNames), where, seeded.steps, seeded.edges, seeded.transitions)
+		seeded.Tasks, len(demoStepNames), where, seeded.Steps, seeded.Edges, seeded.Transitions)
 
 	world := newDemoWorld(store, handling.NewService(store, handlerCfg), d.logger, plan)
 	if err := world.reportSeededFailures(ctx, plan); err != nil {
@@ -180,9 +178,9 @@ func (d *demo) run(ctx context.Context) (err error) {
 // database the orchestrator created is never touched beyond the sweeper's
 // own objects.
 func (d *demo) migrate(ctx context.Context, store *db.Store) error {
-	var exists bool
-	if err := store.Pool().QueryRow(ctx, taskerSchemaExistsSQL).Scan(&exists); err != nil {
-		return fmt.Errorf("look for the tasker schema: %w", err)
+	exists, err := store.TaskerSchemaExists(ctx)
+	if err != nil {
+		return err
 	}
 	if exists {
 		d.logger.Info("tasker schema found: using it as it is")
@@ -251,15 +249,13 @@ func (d *demo) printReport(ctx context.Context, store *db.Store, world *demoWorl
 	if err != nil {
 		return err
 	}
-	var moves, movedSteps int64
-	if err := store.Pool().QueryRow(ctx, sweepMovesSQL, pgx.NamedArgs{"task_uuids": world.tasks}).
-		Scan(&moves, &movedSteps); err != nil {
-		return fmt.Errorf("count sweep moves: %w", err)
+	moves, err := store.DemoSweepMoves(ctx, world.tasks)
+	if err != nil {
+		return err
 	}
-	var sweptBackPending int64
-	if err := store.Pool().QueryRow(ctx, sweptBackPendingSQL, pgx.NamedArgs{"task_uuids": world.tasks}).
-		Scan(&sweptBackPending); err != nil {
-		return fmt.Errorf("count swept steps not yet re-run: %w", err)
+	sweptBackPending, err := store.DemoSweptBackPending(ctx, world.tasks)
+	if err != nil {
+		return err
 	}
 	due, err := store.CountDue(ctx)
 	if err != nil {
@@ -289,7 +285,7 @@ func (d *demo) printReport(ctx context.Context, store *db.Store, world *demoWorl
 	}
 	t.section("SWEEPER", "")
 	t.row("sweeps run", d.sweeps.Load(), "schedule "+demoSchedule)
-	t.row("steps swept back to pending", moves, fmt.Sprintf("%d distinct steps", movedSteps))
+	t.row("steps swept back to pending", moves.Moves, fmt.Sprintf("%d distinct steps", moves.Steps))
 	t.row("retries that then succeeded", int64(succeeded), "run by the demo orchestrator")
 	t.row("stranded (waiting, not retry-eligible)", due.Stranded, "")
 	t.row("due now, not yet swept", due.Due, "")

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -11,34 +10,10 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"retrysweeper/db"
 	"retrysweeper/handling"
 	"retrysweeper/statemachine"
-)
-
-// The demo's SQL lives in embedded files under demo/ rather than in
-// db/queries: it plays the orchestrator and its workers (seeding tasks,
-// claiming and finishing attempts), which is not the sweeper's job and has no
-// place in its store. Every state change still goes through db.Store, so the
-// compare-and-swap rules are the production ones.
-var (
-	//go:embed demo/seed.sql
-	seedSQL string
-	//go:embed demo/tasker_schema_exists.sql
-	taskerSchemaExistsSQL string
-	//go:embed demo/swept_back_steps.sql
-	sweptBackStepsSQL string
-	//go:embed demo/start_attempt.sql
-	startAttemptSQL string
-	//go:embed demo/finish_attempt.sql
-	finishAttemptSQL string
-	//go:embed demo/sweep_moves.sql
-	sweepMovesSQL string
-	//go:embed demo/pending_breakdown.sql
-	sweptBackPendingSQL string
 )
 
 // demoStepNames are the four steps of every demo task, run in this order
@@ -92,8 +67,8 @@ type demoStep struct {
 	state     statemachine.State
 	attempts  int32
 	retryable bool
-	// endedAgo is how many seconds ago the step reached its state.
-	endedAgo int32
+	// endedAgo is how long ago the step reached its state.
+	endedAgo time.Duration
 }
 
 // demoPlan is the workload: which step of which task is where, and the
@@ -126,7 +101,7 @@ func newDemoPlan(n int) demoPlan {
 			st := demoStep{id: newUUID(), task: task, taskNo: i + 1, pos: pos, state: statemachine.Pending, retryable: true}
 			switch {
 			case pos < failPos:
-				st.state, st.attempts, st.endedAgo = statemachine.Complete, 1, int32(45*(failPos-pos))
+				st.state, st.attempts, st.endedAgo = statemachine.Complete, 1, time.Duration(45*(failPos-pos))*time.Second
 			case pos == failPos:
 				st.state, st.attempts = statemachine.EnqueuedAsErrorForOrchestration, 1
 				switch {
@@ -154,40 +129,21 @@ func newUUID() uuid.UUID {
 // stepName is how the demo names a step in its logs.
 func (s demoStep) stepName() string { return demoStepNames[s.pos] }
 
-// seedResult counts what the seed statement wrote.
-type seedResult struct {
-	tasks, steps, edges, transitions int64
-}
-
-// seed writes the plan in one statement.
-func (p demoPlan) seed(ctx context.Context, pool *pgxpool.Pool) (seedResult, error) {
-	n := len(p.steps)
-	ids, tasks := make([]uuid.UUID, n), make([]uuid.UUID, n)
-	names, states := make([]string, n), make([]string, n)
-	positions, attempts, endedAgo := make([]int32, n), make([]int32, n), make([]int32, n)
-	retryable := make([]bool, n)
+// seed writes the plan through the store, in one statement.
+func (p demoPlan) seed(ctx context.Context, store *db.Store) (db.DemoSeeded, error) {
+	seed := db.DemoSeed{
+		Namespace: demoNamespace,
+		TaskName:  demoTaskName,
+		Tasks:     p.tasks,
+		Steps:     make([]db.DemoSeedStep, len(p.steps)),
+	}
 	for i, s := range p.steps {
-		ids[i], tasks[i], names[i], states[i] = s.id, s.task, s.stepName(), string(s.state)
-		positions[i], attempts[i], endedAgo[i], retryable[i] = int32(s.pos), s.attempts, s.endedAgo, s.retryable
+		seed.Steps[i] = db.DemoSeedStep{
+			StepUUID: s.id, TaskUUID: s.task, Name: s.stepName(), Position: s.pos,
+			State: s.state, Attempts: s.attempts, Retryable: s.retryable, EndedAgo: s.endedAgo,
+		}
 	}
-	var res seedResult
-	err := pool.QueryRow(ctx, seedSQL, pgx.NamedArgs{
-		"namespace":      demoNamespace,
-		"task_name":      demoTaskName,
-		"task_uuids":     p.tasks,
-		"step_uuids":     ids,
-		"step_tasks":     tasks,
-		"step_names":     names,
-		"step_positions": positions,
-		"step_states":    states,
-		"step_attempts":  attempts,
-		"step_retryable": retryable,
-		"step_ended_ago": endedAgo,
-	}).Scan(&res.tasks, &res.steps, &res.edges, &res.transitions)
-	if err != nil {
-		return res, fmt.Errorf("seed demo workload: %w", err)
-	}
-	return res, nil
+	return store.SeedDemo(ctx, seed)
 }
 
 // decisionTally counts the inline handler's decisions by action and error
@@ -337,14 +293,9 @@ func (w *demoWorld) feed(ctx context.Context, limit int) {
 }
 
 func (w *demoWorld) feedOnce(ctx context.Context, limit int) error {
-	rows, err := w.store.Pool().Query(ctx, sweptBackStepsSQL,
-		pgx.NamedArgs{"task_uuids": w.tasks, "pickup_limit": limit})
+	steps, err := w.store.DemoSweptBackSteps(ctx, w.tasks, limit)
 	if err != nil {
-		return fmt.Errorf("find swept steps: %w", err)
-	}
-	steps, err := pgx.CollectRows(rows, pgx.RowTo[uuid.UUID])
-	if err != nil {
-		return fmt.Errorf("find swept steps: %w", err)
+		return err
 	}
 	for _, step := range steps {
 		if err := w.retry(ctx, step); err != nil {
@@ -365,8 +316,8 @@ func (w *demoWorld) retry(ctx context.Context, step uuid.UUID) error {
 	if err := w.transition(ctx, step, statemachine.Pending, statemachine.EventEnqueue); err != nil {
 		return err
 	}
-	if _, err := w.store.Pool().Exec(ctx, startAttemptSQL, pgx.NamedArgs{"step_uuid": step}); err != nil {
-		return fmt.Errorf("claim step %s: %w", step, err)
+	if err := w.store.DemoStartAttempt(ctx, step); err != nil {
+		return err
 	}
 	if err := w.transition(ctx, step, statemachine.Enqueued, statemachine.EventStart); err != nil {
 		return err
@@ -379,8 +330,8 @@ func (w *demoWorld) retry(ctx context.Context, step uuid.UUID) error {
 		if err := w.transition(ctx, step, statemachine.EnqueuedForOrchestration, statemachine.EventComplete); err != nil {
 			return err
 		}
-		if _, err := w.store.Pool().Exec(ctx, finishAttemptSQL, pgx.NamedArgs{"step_uuid": step}); err != nil {
-			return fmt.Errorf("finish step %s: %w", step, err)
+		if err := w.store.DemoFinishAttempt(ctx, step); err != nil {
+			return err
 		}
 		w.tally.succeeded()
 		s := w.stepOf[step]

@@ -29,6 +29,19 @@ type TaskerNamedTask struct {
 	UpdatedAt         time.Time
 }
 
+type TaskerSweeperAdoption struct {
+	ID           int32
+	Watermark    *time.Time
+	LastFullPass *time.Time
+}
+
+type TaskerSweeperRetrySchedule struct {
+	WorkflowStepUUID uuid.UUID
+	DueAt            time.Time
+	Stranded         bool
+	UpdatedAt        time.Time
+}
+
 type TaskerTask struct {
 	TaskUUID            uuid.UUID
 	NamedTaskUUID       uuid.UUID

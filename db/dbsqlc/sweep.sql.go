@@ -12,6 +12,76 @@ import (
 	"github.com/google/uuid"
 )
 
+const stepClaimForRetry = `-- name: StepClaimForRetry :many
+SELECT
+    ws.workflow_step_uuid,
+    ws.task_uuid,
+    coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
+        cur.created_at
+    ) AS due_at
+FROM tasker.workflow_step_transitions cur
+JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = cur.workflow_step_uuid
+WHERE cur.most_recent
+  AND cur.to_state = 'waiting_for_retry'
+  AND ws.workflow_step_uuid = $1
+  AND NOT ws.processed
+  AND NOT ws.in_process
+  AND (coalesce(ws.attempts, 0) = 0
+       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))
+  AND NOT EXISTS (
+        SELECT 1
+        FROM tasker.workflow_step_edges edge
+        LEFT JOIN tasker.workflow_step_transitions parent
+            ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
+        WHERE edge.to_step_uuid = ws.workflow_step_uuid
+          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))
+  AND ($2::boolean OR coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
+        cur.created_at
+      ) <= now())
+FOR UPDATE OF ws, cur SKIP LOCKED
+`
+
+type StepClaimForRetryParams struct {
+	WorkflowStepUUID uuid.UUID
+	Force            bool
+}
+
+type StepClaimForRetryRow struct {
+	WorkflowStepUUID uuid.UUID
+	TaskUUID         uuid.UUID
+	DueAt            time.Time
+}
+
+// SweepClaimDue for one step (the admin API's retry): the same rule and
+// locks, looked up by primary key; @force skips only the due-time condition.
+func (q *Queries) StepClaimForRetry(ctx context.Context, arg StepClaimForRetryParams) ([]StepClaimForRetryRow, error) {
+	rows, err := q.db.Query(ctx, stepClaimForRetry, arg.WorkflowStepUUID, arg.Force)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []StepClaimForRetryRow
+	for rows.Next() {
+		var i StepClaimForRetryRow
+		if err := rows.Scan(&i.WorkflowStepUUID, &i.TaskUUID, &i.DueAt); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
+}
+
 const stepCountsByState = `-- name: StepCountsByState :many
 SELECT coalesce(cur.to_state, 'pending')::varchar AS state, count(*)::bigint AS steps
 FROM tasker.workflow_steps ws
@@ -128,7 +198,6 @@ FROM tasker.workflow_step_transitions cur
 JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = cur.workflow_step_uuid
 WHERE cur.most_recent
   AND cur.to_state = 'waiting_for_retry'
-  AND ($1::uuid IS NULL OR ws.workflow_step_uuid = $1::uuid)
   AND NOT ws.processed
   AND NOT ws.in_process
   AND (coalesce(ws.attempts, 0) = 0
@@ -140,22 +209,16 @@ WHERE cur.most_recent
             ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
         WHERE edge.to_step_uuid = ws.workflow_step_uuid
           AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))
-  AND ($2::boolean OR coalesce(
+  AND coalesce(
         ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
          WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
         cur.created_at
-      ) <= now())
-LIMIT $3
+      ) <= now()
+LIMIT $1
 FOR UPDATE OF ws, cur SKIP LOCKED
 `
-
-type SweepClaimDueParams struct {
-	OnlyStep   *uuid.UUID
-	Force      bool
-	BatchLimit int32
-}
 
 type SweepClaimDueRow struct {
 	WorkflowStepUUID uuid.UUID
@@ -172,11 +235,8 @@ type SweepClaimDueRow struct {
 //	not processed, not in_process; every parent complete or resolved_manually
 //	(over the whole task, not a filtered set); retry-eligible; and its next
 //	retry time, if any, is not after now().
-//
-// @only_step narrows the claim to one step (the admin API's retry); @force
-// skips the due-time condition for it.
-func (q *Queries) SweepClaimDue(ctx context.Context, arg SweepClaimDueParams) ([]SweepClaimDueRow, error) {
-	rows, err := q.db.Query(ctx, sweepClaimDue, arg.OnlyStep, arg.Force, arg.BatchLimit)
+func (q *Queries) SweepClaimDue(ctx context.Context, batchLimit int32) ([]SweepClaimDueRow, error) {
+	rows, err := q.db.Query(ctx, sweepClaimDue, batchLimit)
 	if err != nil {
 		return nil, err
 	}

@@ -7,8 +7,6 @@
 --   not processed, not in_process; every parent complete or resolved_manually
 --   (over the whole task, not a filtered set); retry-eligible; and its next
 --   retry time, if any, is not after now().
--- @only_step narrows the claim to one step (the admin API's retry); @force
--- skips the due-time condition for it.
 SELECT
     ws.workflow_step_uuid,
     ws.task_uuid,
@@ -23,7 +21,45 @@ FROM tasker.workflow_step_transitions cur
 JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = cur.workflow_step_uuid
 WHERE cur.most_recent
   AND cur.to_state = 'waiting_for_retry'
-  AND (sqlc.narg(only_step)::uuid IS NULL OR ws.workflow_step_uuid = sqlc.narg(only_step)::uuid)
+  AND NOT ws.processed
+  AND NOT ws.in_process
+  AND (coalesce(ws.attempts, 0) = 0
+       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))
+  AND NOT EXISTS (
+        SELECT 1
+        FROM tasker.workflow_step_edges edge
+        LEFT JOIN tasker.workflow_step_transitions parent
+            ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
+        WHERE edge.to_step_uuid = ws.workflow_step_uuid
+          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))
+  AND coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
+        cur.created_at
+      ) <= now()
+LIMIT @batch_limit
+FOR UPDATE OF ws, cur SKIP LOCKED;
+
+-- name: StepClaimForRetry :many
+-- SweepClaimDue for one step (the admin API's retry): the same rule and
+-- locks, looked up by primary key; @force skips only the due-time condition.
+SELECT
+    ws.workflow_step_uuid,
+    ws.task_uuid,
+    coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
+        cur.created_at
+    ) AS due_at
+FROM tasker.workflow_step_transitions cur
+JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = cur.workflow_step_uuid
+WHERE cur.most_recent
+  AND cur.to_state = 'waiting_for_retry'
+  AND ws.workflow_step_uuid = @workflow_step_uuid
   AND NOT ws.processed
   AND NOT ws.in_process
   AND (coalesce(ws.attempts, 0) = 0
@@ -42,8 +78,8 @@ WHERE cur.most_recent
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
         cur.created_at
       ) <= now())
-LIMIT @batch_limit
 FOR UPDATE OF ws, cur SKIP LOCKED;
+
 
 -- name: SweepMoveToPending :many
 -- Moves claimed steps waiting_for_retry -> pending in one statement: retire

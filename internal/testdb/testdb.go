@@ -9,6 +9,9 @@ package testdb
 
 import (
 	"context"
+	"crypto/sha256"
+	"database/sql"
+	"encoding/hex"
 	"fmt"
 	"net/url"
 	"os"
@@ -91,19 +94,78 @@ func Server(t testing.TB) pgtestdb.Config {
 	return baseConf
 }
 
-// Migrator builds the template database: the tasker schema subset.
-func Migrator() pgtestdb.Migrator {
-	return goosemigrator.New(migrations.TaskerSubset.Dir,
-		goosemigrator.WithFS(migrations.FS),
-		goosemigrator.WithTableName(migrations.TaskerSubset.VersionTable),
-	)
+// Objects says which migration sets a test database gets.
+type Objects int
+
+const (
+	// WithSweeperObjects is the production shape: the tasker subset plus the
+	// sweeper-owned schedule and index (the schedule sweep path).
+	WithSweeperObjects Objects = iota
+	// TaskerOnly is a database without the sweeper-owned objects (the scan
+	// sweep path).
+	TaskerOnly
+)
+
+// String names the variant, for subtest names.
+func (o Objects) String() string {
+	if o == TaskerOnly {
+		return "scan path (tasker tables only)"
+	}
+	return "schedule path (sweeper-owned objects)"
 }
 
-// NewURL creates a fresh migrated database for t, dropped when t passes, and
-// returns its connection URL.
+// Migrator builds a template database with the given migration sets.
+func Migrator(objects Objects) pgtestdb.Migrator {
+	sets := []migrations.Set{migrations.TaskerSubset}
+	if objects == WithSweeperObjects {
+		sets = append(sets, migrations.SweeperObjects)
+	}
+	m := chainMigrator{}
+	for _, set := range sets {
+		m = append(m, goosemigrator.New(set.Dir,
+			goosemigrator.WithFS(migrations.FS),
+			goosemigrator.WithTableName(set.VersionTable),
+		))
+	}
+	return m
+}
+
+// chainMigrator applies several goose migration sets in order, each with its
+// own version table, as `sweeper migrate` does.
+type chainMigrator []*goosemigrator.GooseMigrator
+
+func (c chainMigrator) Hash() (string, error) {
+	h := sha256.New()
+	for _, m := range c {
+		part, err := m.Hash()
+		if err != nil {
+			return "", err
+		}
+		h.Write([]byte(part))
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func (c chainMigrator) Migrate(ctx context.Context, db *sql.DB, conf pgtestdb.Config) error {
+	for _, m := range c {
+		if err := m.Migrate(ctx, db, conf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NewURL creates a fresh database with the sweeper-owned objects for t,
+// dropped when t passes, and returns its connection URL.
 func NewURL(t testing.TB) string {
 	t.Helper()
-	conf := pgtestdb.Custom(t, Server(t), Migrator())
+	return NewURLWith(t, WithSweeperObjects)
+}
+
+// NewURLWith is NewURL for a chosen set of objects.
+func NewURLWith(t testing.TB, objects Objects) string {
+	t.Helper()
+	conf := pgtestdb.Custom(t, Server(t), Migrator(objects))
 	return conf.URL()
 }
 
@@ -127,7 +189,20 @@ func New(t testing.TB) *pgxpool.Pool {
 // hand it to a separate process.
 func NewWithURL(t testing.TB) (*pgxpool.Pool, string) {
 	t.Helper()
-	url := NewURL(t)
+	return NewWithURLFor(t, WithSweeperObjects)
+}
+
+// NewFor is New for a chosen set of objects.
+func NewFor(t testing.TB, objects Objects) *pgxpool.Pool {
+	t.Helper()
+	pool, _ := NewWithURLFor(t, objects)
+	return pool
+}
+
+// NewWithURLFor is NewWithURL for a chosen set of objects.
+func NewWithURLFor(t testing.TB, objects Objects) (*pgxpool.Pool, string) {
+	t.Helper()
+	url := NewURLWith(t, objects)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	pool, err := db.Connect(ctx, url)

@@ -1,0 +1,180 @@
+-- Queries on the sweeper-owned retry schedule (db/migrations/sweeper). They
+-- are used only when those objects exist; see Store.Path.
+
+-- name: SchedulePresent :one
+-- Whether the sweeper-owned objects are installed in this database.
+SELECT (to_regclass('tasker_sweeper.retry_schedule') IS NOT NULL
+        AND to_regclass('tasker.tasker_sweeper_waiting_for_retry') IS NOT NULL)::boolean AS present;
+
+-- name: ScheduleClaimDue :many
+-- SweepClaimDue driven by the schedule: candidates come from the due_at
+-- index in due order, so the cost follows the number of due steps, not the
+-- size of the tables. The full due rule is re-checked against the tasker
+-- tables (the schedule is only a hint), and the schedule row, the step row
+-- and its current transition are locked, skipping rows others hold.
+SELECT
+    ws.workflow_step_uuid,
+    ws.task_uuid,
+    coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
+        cur.created_at
+    ) AS due_at
+FROM tasker_sweeper.retry_schedule s
+JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
+JOIN tasker.workflow_step_transitions cur
+    ON cur.workflow_step_uuid = s.workflow_step_uuid AND cur.most_recent
+WHERE s.due_at <= now()
+  AND cur.to_state = 'waiting_for_retry'
+  AND NOT ws.processed
+  AND NOT ws.in_process
+  AND (coalesce(ws.attempts, 0) = 0
+       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))
+  AND NOT EXISTS (
+        SELECT 1
+        FROM tasker.workflow_step_edges edge
+        LEFT JOIN tasker.workflow_step_transitions parent
+            ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
+        WHERE edge.to_step_uuid = ws.workflow_step_uuid
+          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))
+  AND coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
+        cur.created_at
+      ) <= now()
+ORDER BY s.due_at
+LIMIT @batch_limit
+FOR UPDATE OF s, ws, cur SKIP LOCKED;
+
+-- name: ScheduleForget :exec
+-- Drops the schedule rows of steps a batch moved to pending.
+DELETE FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = ANY(@step_uuids::uuid[]);
+
+-- name: SchedulePark :exec
+-- The inline handler parked a step: (re)schedule it for its new due time.
+INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at, stranded, updated_at)
+VALUES (@workflow_step_uuid, @due_at, false, now())
+ON CONFLICT (workflow_step_uuid)
+DO UPDATE SET due_at = excluded.due_at, stranded = false, updated_at = now();
+
+-- name: ScheduleReschedule :one
+-- After a sweep, the schedule rows whose due time has passed but which the
+-- sweep did not move are re-evaluated so the next sweeps do not scan them
+-- again: rows of steps no longer waiting are dropped; steps whose real due
+-- time is later (their backoff changed) move to it; steps that are due but
+-- blocked (parents, processed, in process) or not retry-eligible (stranded)
+-- are looked at again after @recheck_seconds. Rows that are movable right now
+-- are neither changed nor locked: a concurrent sweeper's claim must never
+-- skip them because this statement holds them.
+WITH candidates AS (
+    SELECT
+        s.workflow_step_uuid,
+        cur.to_state,
+        (coalesce(ws.attempts, 0) = 0
+         OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3))) AS eligible,
+        (NOT ws.processed AND NOT ws.in_process AND NOT EXISTS (
+            SELECT 1
+            FROM tasker.workflow_step_edges edge
+            LEFT JOIN tasker.workflow_step_transitions parent
+                ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
+            WHERE edge.to_step_uuid = ws.workflow_step_uuid
+              AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))) AS unblocked,
+        coalesce(
+            ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+            (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+             WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+            + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
+            cur.created_at
+        ) AS real_due
+    FROM tasker_sweeper.retry_schedule s
+    LEFT JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
+    LEFT JOIN tasker.workflow_step_transitions cur
+        ON cur.workflow_step_uuid = s.workflow_step_uuid AND cur.most_recent
+    WHERE s.due_at <= now()
+    ORDER BY s.due_at
+    LIMIT @batch_limit
+), dropped AS (
+    DELETE FROM tasker_sweeper.retry_schedule s
+    USING candidates c
+    WHERE s.workflow_step_uuid = c.workflow_step_uuid
+      AND c.to_state IS DISTINCT FROM 'waiting_for_retry'
+      AND s.due_at <= now()
+    RETURNING 1
+), deferred AS (
+    UPDATE tasker_sweeper.retry_schedule s
+    SET due_at = CASE WHEN c.real_due > now() AND c.eligible THEN c.real_due
+                      ELSE now() + make_interval(secs => sqlc.arg(recheck_seconds)::integer) END,
+        stranded = NOT c.eligible,
+        updated_at = now()
+    FROM candidates c
+    WHERE s.workflow_step_uuid = c.workflow_step_uuid
+      AND c.to_state = 'waiting_for_retry'
+      AND NOT (c.eligible AND c.unblocked AND c.real_due <= now())
+      AND s.due_at <= now()
+    RETURNING 1
+)
+SELECT
+    (SELECT count(*) FROM candidates)::bigint AS examined,
+    (SELECT count(*) FROM dropped)::bigint AS dropped,
+    (SELECT count(*) FROM deferred)::bigint AS deferred;
+
+-- name: ScheduleAdopt :one
+-- Adopts waiting_for_retry steps that other writers parked (the
+-- orchestrator's own error handling, steps parked before the sweeper was
+-- installed): every current waiting row created at or after @since that has
+-- no schedule row gets one, at its real due time. The partial index
+-- tasker_sweeper_waiting_for_retry makes this proportional to the window.
+WITH adopted AS (
+    INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at, stranded, updated_at)
+    SELECT
+        cur.workflow_step_uuid,
+        coalesce(
+            ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+            (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+             WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+            + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
+            cur.created_at
+        ),
+        NOT (coalesce(ws.attempts, 0) = 0
+             OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3))),
+        now()
+    FROM tasker.workflow_step_transitions cur
+    JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = cur.workflow_step_uuid
+    WHERE cur.most_recent
+      AND cur.to_state = 'waiting_for_retry'
+      AND cur.created_at >= @since::timestamp
+      AND NOT EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule s
+                      WHERE s.workflow_step_uuid = cur.workflow_step_uuid)
+    ON CONFLICT (workflow_step_uuid) DO NOTHING
+    RETURNING 1
+)
+SELECT count(*)::bigint AS adopted, now()::timestamp AS scanned_at FROM adopted;
+
+-- name: AdoptionState :one
+-- Where adoption has got to, locked so replicas take turns: no row means
+-- another replica is adopting right now.
+SELECT watermark, last_full_pass, now()::timestamp AS db_now
+FROM tasker_sweeper.adoption WHERE id = 1
+FOR UPDATE SKIP LOCKED;
+
+-- name: AdoptionAdvance :exec
+UPDATE tasker_sweeper.adoption
+SET watermark = greatest(coalesce(watermark, @watermark::timestamp), @watermark::timestamp),
+    last_full_pass = CASE WHEN @full_pass::boolean THEN @watermark::timestamp ELSE last_full_pass END
+WHERE id = 1;
+
+-- name: ScheduleStranded :one
+-- Stranded steps as of their last evaluation, from the schedule's partial index.
+SELECT count(*)::bigint AS stranded_steps FROM tasker_sweeper.retry_schedule WHERE stranded;
+
+-- name: ScheduleStrandedSample :many
+SELECT ws.workflow_step_uuid, ws.task_uuid, ws.attempts, ws.max_attempts, ws.retryable
+FROM tasker_sweeper.retry_schedule s
+JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
+WHERE s.stranded
+ORDER BY s.updated_at
+LIMIT @sample_limit;
