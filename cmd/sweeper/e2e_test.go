@@ -288,3 +288,41 @@ func TestSigtermDuringSweepLeavesNoHalfStates(t *testing.T) {
 		require.NotContains(t, sc.Text(), `"level":"ERROR"`, "a clean shutdown logs no errors")
 	}
 }
+
+// `sweeper migrate` installs the sweeper-owned objects on a database whose
+// tasker tables exist (as the orchestrator's would), idempotently, and the
+// sweep switches from the scan path to the schedule path.
+func TestMigrateInstallsSweeperObjects(t *testing.T) {
+	t.Parallel()
+	pool, url := testdb.NewWithURLFor(t, testdb.TaskerOnly)
+	testdb.SeedDue(t, pool, 20)
+	env := []string{"DATABASE_URL=" + url}
+
+	var before int
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM information_schema.columns
+		WHERE table_schema = 'tasker'`).Scan(&before))
+
+	scan := runBinary(t, env, "once", "--dry-run", "--json")
+	require.Equal(t, 0, scan.code, scan.stderr)
+	require.Equal(t, "scan", decodeSummary(t, scan.stdout)["path"])
+	require.Contains(t, scan.stderr, "sweeper-owned objects missing")
+
+	first := runBinary(t, env, "migrate")
+	require.Equal(t, 0, first.code, first.stderr)
+	require.Contains(t, first.stdout, "sweeper: applied")
+	again := runBinary(t, env, "migrate")
+	require.Equal(t, 0, again.code, again.stderr)
+	require.Contains(t, again.stdout, "sweeper: up to date")
+
+	var after int
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM information_schema.columns
+		WHERE table_schema = 'tasker'`).Scan(&after))
+	require.Equal(t, before, after, "the tasker tables' columns are untouched")
+
+	sweep := runBinary(t, env, "once", "--json")
+	require.Equal(t, 0, sweep.code, sweep.stderr)
+	sum := decodeSummary(t, sweep.stdout)
+	require.Equal(t, "schedule", sum["path"])
+	require.EqualValues(t, 20, sum["adopted"], "steps parked before the install are adopted")
+	require.EqualValues(t, 20, sum["transitioned"])
+}
