@@ -7,6 +7,7 @@ BIN     := bin
 SQLC    := $(BIN)/sqlc
 LINT    := $(BIN)/golangci-lint
 TESTFLAGS ?=
+BENCHFLAGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -39,6 +40,10 @@ build: ## Build the sweeper binary into bin/
 .PHONY: demo
 demo: build ## Run the sweeper against a throwaway PostgreSQL with demo data
 	$(BIN)/sweeper demo
+
+.PHONY: bench
+bench: ## Run the benchmarks (own durable PostgreSQL under /var/tmp; ~15 min; BENCHFLAGS='-scale 0.01' for a smoke run)
+	$(GO) run ./bench $(BENCHFLAGS)
 
 .PHONY: vet
 vet: ## go vet
