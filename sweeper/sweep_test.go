@@ -258,11 +258,17 @@ func testSweepMovesExactlyTheDueSteps(t *testing.T, objects testdb.Objects) {
 
 	// The fixture agrees with tasker's own readiness rule before the sweep.
 	before := readinessOf(t, pool, tasks)
+	store := db.NewStore(pool)
 	snaps := map[uuid.UUID]stepSnapshot{}
 	var wantDue []string
 	for _, f := range fx {
 		r := before[f.step]
 		require.Equal(t, f.due, r.Ready && r.State == "waiting_for_retry", "fixture %q vs tasker's readiness rule", f.name)
+		// The admin API's per-step explanation uses its own copy of the rule.
+		status, err := store.StepDueStatus(ctx, f.step)
+		require.NoError(t, err)
+		due, reason := status.Due()
+		require.Equal(t, f.due, due, "StepDueStatus for %q: %s", f.name, reason)
 		snaps[f.step] = snapshot(t, pool, f.step)
 		if f.due {
 			wantDue = append(wantDue, f.name)

@@ -1,3 +1,11 @@
+-- The due rule (SPEC §7) appears in several statements below and in
+-- schedule.sql, because each needs it in a different shape (claim with locks,
+-- count, explain one step, adopt, reschedule) and the scan path must work
+-- with no objects of ours in the database, so it cannot live in a function.
+-- sweeper/sweep_test.go checks every copy against an independent rendering
+-- of tasker's readiness SQL on a fixture covering each rule, on both paths:
+-- change them together.
+
 -- name: SweepClaimDue :many
 -- Claims up to @batch_limit due steps (SPEC §7) and locks both the step row
 -- and its current transition row, skipping rows another sweeper or the
