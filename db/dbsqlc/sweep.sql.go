@@ -184,7 +184,6 @@ func (q *Queries) StepDueStatus(ctx context.Context, workflowStepUuid uuid.UUID)
 }
 
 const sweepClaimDue = `-- name: SweepClaimDue :many
-
 SELECT
     ws.workflow_step_uuid,
     ws.task_uuid,
@@ -227,13 +226,6 @@ type SweepClaimDueRow struct {
 	DueAt            time.Time
 }
 
-// The due rule (SPEC §7) appears in several statements below and in
-// schedule.sql, because each needs it in a different shape (claim with locks,
-// count, explain one step, adopt, reschedule) and the scan path must work
-// with no objects of ours in the database, so it cannot live in a function.
-// sweeper/sweep_test.go checks every copy against an independent rendering
-// of tasker's readiness SQL on a fixture covering each rule, on both paths:
-// change them together.
 // Claims up to @batch_limit due steps (SPEC §7) and locks both the step row
 // and its current transition row, skipping rows another sweeper or the
 // orchestrator holds, so concurrent claimers get disjoint batches and the
@@ -243,6 +235,12 @@ type SweepClaimDueRow struct {
 //	not processed, not in_process; every parent complete or resolved_manually
 //	(over the whole task, not a filtered set); retry-eligible; and its next
 //	retry time, if any, is not after now().
+//
+// The rule is repeated in StepClaimForRetry, SweepCountDue, StepDueStatus and
+// the schedule queries, each in the shape it needs; the scan path must work
+// with no objects of ours in the database, so it cannot live in a function.
+// sweeper/sweep_test.go checks every copy against an independent rendering
+// of tasker's readiness SQL, on both paths: change them together.
 func (q *Queries) SweepClaimDue(ctx context.Context, batchLimit int32) ([]SweepClaimDueRow, error) {
 	rows, err := q.db.Query(ctx, sweepClaimDue, batchLimit)
 	if err != nil {

@@ -1,11 +1,3 @@
--- The due rule (SPEC §7) appears in several statements below and in
--- schedule.sql, because each needs it in a different shape (claim with locks,
--- count, explain one step, adopt, reschedule) and the scan path must work
--- with no objects of ours in the database, so it cannot live in a function.
--- sweeper/sweep_test.go checks every copy against an independent rendering
--- of tasker's readiness SQL on a fixture covering each rule, on both paths:
--- change them together.
-
 -- name: SweepClaimDue :many
 -- Claims up to @batch_limit due steps (SPEC §7) and locks both the step row
 -- and its current transition row, skipping rows another sweeper or the
@@ -15,6 +7,11 @@
 --   not processed, not in_process; every parent complete or resolved_manually
 --   (over the whole task, not a filtered set); retry-eligible; and its next
 --   retry time, if any, is not after now().
+-- The rule is repeated in StepClaimForRetry, SweepCountDue, StepDueStatus and
+-- the schedule queries, each in the shape it needs; the scan path must work
+-- with no objects of ours in the database, so it cannot live in a function.
+-- sweeper/sweep_test.go checks every copy against an independent rendering
+-- of tasker's readiness SQL, on both paths: change them together.
 SELECT
     ws.workflow_step_uuid,
     ws.task_uuid,
