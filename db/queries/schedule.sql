@@ -32,13 +32,17 @@ WHERE s.due_at <= now()
   AND NOT ws.in_process
   AND (coalesce(ws.attempts, 0) = 0
        OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))
-  AND NOT EXISTS (
-        SELECT 1
+  -- Written as a LIMIT 1 subquery, not NOT EXISTS: PostgreSQL never turns
+  -- it into an anti-join, so each candidate probes its own edges by index
+  -- instead of every claim hashing every edge in the database.
+  AND NOT coalesce((
+        SELECT true
         FROM tasker.workflow_step_edges edge
         LEFT JOIN tasker.workflow_step_transitions parent
             ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
         WHERE edge.to_step_uuid = ws.workflow_step_uuid
-          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))
+          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually')
+        LIMIT 1), false)
   AND coalesce(
         ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
