@@ -15,10 +15,13 @@ import (
 )
 
 // dueStepsSQL selects due steps with exactly the due rule of SPEC §7, as
-// db/queries/sweep.sql (SweepClaimDue) states it: in waiting_for_retry, not
-// processed, not in process, every parent complete or resolved_manually,
-// retry-eligible, next retry time not after now(). The baselines append
-// their LIMIT and FOR UPDATE … SKIP LOCKED.
+// db/queries/sweep.sql (SweepClaimDue) states it, in the same form (the
+// parent check as a LIMIT 1 subquery, which the planner runs per candidate
+// by index): in waiting_for_retry, not processed, not in process, every
+// parent complete or resolved_manually, retry-eligible, next retry time not
+// after now(). Keep it in step with SweepClaimDue: the limit is only the
+// limit if it is planned as well as the sweep. The baselines append their
+// LIMIT and FOR UPDATE … SKIP LOCKED.
 const dueStepsSQL = `
 SELECT
     ws.workflow_step_uuid,

@@ -116,8 +116,8 @@ type Store interface {
 	Stranded(ctx context.Context, sample int) (int64, []StrandedStep, error)
 	// Adopt schedules waiting steps parked by other writers (schedule path).
 	Adopt(ctx context.Context) (Adoption, error)
-	// Reschedule re-evaluates schedule rows whose time passed but that no
-	// sweep moved (schedule path).
+	// Reschedule re-evaluates schedule rows whose time has passed but that
+	// cannot move now (schedule path).
 	Reschedule(ctx context.Context) (Rescheduled, error)
 }
 
@@ -265,12 +265,9 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 		log.Warn("stranded steps: waiting_for_retry but not retry-eligible; only an operator can move them",
 			slog.Int64("stranded", stranded), slog.Any("sample_step_uuids", ids))
 	}
-	if err := s.runBatches(ctx, log, sum); err != nil {
-		return err
-	}
-	if ctx.Err() != nil {
-		return nil
-	}
+	// Overdue schedule rows that cannot move (blocked, stranded, no longer
+	// waiting) are re-evaluated first, so the batches' candidates, taken in
+	// due order, are movable ones and a short batch really means "done".
 	res, err := s.store.Reschedule(ctx)
 	if err != nil {
 		return err
@@ -278,7 +275,7 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 	if res.Dropped > 0 || res.Deferred > 0 {
 		log.Debug("schedule rows re-evaluated", slog.Int("dropped", res.Dropped), slog.Int("deferred", res.Deferred))
 	}
-	return nil
+	return s.runBatches(ctx, log, sum)
 }
 
 func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary) error {

@@ -96,6 +96,14 @@ func (q *Queries) ScheduleAdopt(ctx context.Context, since time.Time) (ScheduleA
 }
 
 const scheduleClaimDue = `-- name: ScheduleClaimDue :many
+WITH candidates AS MATERIALIZED (
+    SELECT s.workflow_step_uuid, s.due_at
+    FROM tasker_sweeper.retry_schedule s
+    WHERE s.due_at <= now()
+    ORDER BY s.due_at
+    LIMIT $1
+    FOR UPDATE OF s SKIP LOCKED
+)
 SELECT
     ws.workflow_step_uuid,
     ws.task_uuid,
@@ -106,12 +114,11 @@ SELECT
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
         cur.created_at
     ) AS due_at
-FROM tasker_sweeper.retry_schedule s
+FROM candidates s
 JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
 JOIN tasker.workflow_step_transitions cur
     ON cur.workflow_step_uuid = s.workflow_step_uuid AND cur.most_recent
-WHERE s.due_at <= now()
-  AND cur.to_state = 'waiting_for_retry'
+WHERE cur.to_state = 'waiting_for_retry'
   AND NOT ws.processed
   AND NOT ws.in_process
   AND (coalesce(ws.attempts, 0) = 0
@@ -135,8 +142,7 @@ WHERE s.due_at <= now()
         cur.created_at
       ) <= now()
 ORDER BY s.due_at
-LIMIT $1
-FOR UPDATE OF s, ws, cur SKIP LOCKED
+FOR UPDATE OF ws, cur SKIP LOCKED
 `
 
 type ScheduleClaimDueRow struct {
@@ -150,6 +156,9 @@ type ScheduleClaimDueRow struct {
 // size of the tables. The full due rule is re-checked against the tasker
 // tables (the schedule is only a hint), and the schedule row, the step row
 // and its current transition are locked, skipping rows others hold.
+// The candidates are picked first, by the due_at index alone, so the plan
+// stays a handful of index probes per step even when the schedule's
+// statistics are stale (a burst of adopted rows looks like an empty table).
 func (q *Queries) ScheduleClaimDue(ctx context.Context, batchLimit int32) ([]ScheduleClaimDueRow, error) {
 	rows, err := q.db.Query(ctx, scheduleClaimDue, batchLimit)
 	if err != nil {

@@ -12,6 +12,17 @@ SELECT (to_regclass('tasker_sweeper.retry_schedule') IS NOT NULL
 -- size of the tables. The full due rule is re-checked against the tasker
 -- tables (the schedule is only a hint), and the schedule row, the step row
 -- and its current transition are locked, skipping rows others hold.
+-- The candidates are picked first, by the due_at index alone, so the plan
+-- stays a handful of index probes per step even when the schedule's
+-- statistics are stale (a burst of adopted rows looks like an empty table).
+WITH candidates AS MATERIALIZED (
+    SELECT s.workflow_step_uuid, s.due_at
+    FROM tasker_sweeper.retry_schedule s
+    WHERE s.due_at <= now()
+    ORDER BY s.due_at
+    LIMIT @batch_limit
+    FOR UPDATE OF s SKIP LOCKED
+)
 SELECT
     ws.workflow_step_uuid,
     ws.task_uuid,
@@ -22,12 +33,11 @@ SELECT
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
         cur.created_at
     ) AS due_at
-FROM tasker_sweeper.retry_schedule s
+FROM candidates s
 JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
 JOIN tasker.workflow_step_transitions cur
     ON cur.workflow_step_uuid = s.workflow_step_uuid AND cur.most_recent
-WHERE s.due_at <= now()
-  AND cur.to_state = 'waiting_for_retry'
+WHERE cur.to_state = 'waiting_for_retry'
   AND NOT ws.processed
   AND NOT ws.in_process
   AND (coalesce(ws.attempts, 0) = 0
@@ -51,8 +61,7 @@ WHERE s.due_at <= now()
         cur.created_at
       ) <= now()
 ORDER BY s.due_at
-LIMIT @batch_limit
-FOR UPDATE OF s, ws, cur SKIP LOCKED;
+FOR UPDATE OF ws, cur SKIP LOCKED;
 
 -- name: ScheduleForget :exec
 -- Drops the schedule rows of steps a batch moved to pending.

@@ -106,13 +106,14 @@ WITH claimed AS (
     -- Set-returning functions in a select list advance in lockstep: a zip.
     SELECT unnest(@step_uuids::uuid[]) AS step_uuid, unnest(@due_ats::timestamp[]) AS due_at
 ), retired AS (
+    -- "= ANY(array)" keeps this an index scan by step whatever the planner
+    -- guesses about the batch's size.
     UPDATE tasker.workflow_step_transitions t
     SET most_recent = false, updated_at = now()
-    FROM claimed c
-    WHERE t.workflow_step_uuid = c.step_uuid
+    WHERE t.workflow_step_uuid = ANY(@step_uuids::uuid[])
       AND t.most_recent
       AND t.to_state = 'waiting_for_retry'
-    RETURNING t.workflow_step_uuid, c.due_at
+    RETURNING t.workflow_step_uuid
 ), inserted AS (
     INSERT INTO tasker.workflow_step_transitions (
         workflow_step_uuid, to_state, from_state, metadata, sort_key, most_recent, created_at, updated_at
@@ -121,20 +122,20 @@ WITH claimed AS (
         r.workflow_step_uuid,
         'pending',
         'waiting_for_retry',
-        @metadata::jsonb || jsonb_build_object('due_at', to_char(r.due_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),
+        @metadata::jsonb || jsonb_build_object('due_at', to_char(c.due_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')),
         (SELECT max(x.sort_key) + 1 FROM tasker.workflow_step_transitions x
          WHERE x.workflow_step_uuid = r.workflow_step_uuid),
         true,
         now(),
         now()
     FROM retired r
+    JOIN claimed c ON c.step_uuid = r.workflow_step_uuid
     ON CONFLICT (workflow_step_uuid, most_recent) WHERE most_recent DO NOTHING
     RETURNING workflow_step_uuid
 )
 UPDATE tasker.workflow_steps ws
 SET updated_at = now()
-FROM inserted i
-WHERE ws.workflow_step_uuid = i.workflow_step_uuid
+WHERE ws.workflow_step_uuid = ANY(ARRAY(SELECT i.workflow_step_uuid FROM inserted i))
 RETURNING ws.workflow_step_uuid, ws.task_uuid, now()::timestamp AS moved_at;
 
 -- name: SweepNotify :exec
