@@ -70,8 +70,9 @@ WITH adopted AS (
     WHERE cur.most_recent
       AND cur.to_state = 'waiting_for_retry'
       AND cur.created_at >= $1::timestamp
-      AND NOT EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule s
-                      WHERE s.workflow_step_uuid = cur.workflow_step_uuid)
+    -- Steps already scheduled are skipped by the primary key, one index
+    -- probe each. (A NOT EXISTS here let the planner, trusting the empty
+    -- table's statistics, rescan the growing schedule for every row.)
     ON CONFLICT (workflow_step_uuid) DO NOTHING
     RETURNING 1
 )
