@@ -374,9 +374,9 @@ func (b *bench) finishTemplate(ctx context.Context, name string, kind templateKi
 			}
 			res, err := b.runOnce(ctx, name, b.sz.firstSweepLimit)
 			switch {
-			case errors.Is(err, errTimedOut):
-				b.log.printf("  %s: the sidecar's first sweep timed out after %s; the template stays as the sweeper left it", name, b.sz.firstSweepLimit)
-				b.res.note("template %s: the sidecar's first sweep (over data it had never seen) timed out after %s", name, b.sz.firstSweepLimit)
+			case sweeperTrouble(err):
+				b.log.printf("  %s: the sidecar's first sweep failed (%v); the template stays as the sweeper left it", name, err)
+				b.res.note("template %s: the sidecar's first sweep (over data it had never seen) failed: %v", name, err)
 			case err != nil:
 				return fmt.Errorf("first sweep of %s: %w", name, err)
 			case res.summary.Transitioned != 0:

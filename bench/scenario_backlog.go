@@ -38,10 +38,14 @@ func (b *bench) backlog(ctx context.Context) error {
 				return nil
 			}
 			res, err := b.runOnce(ctx, name, b.sz.backlogLimit)
-			if errors.Is(err, errTimedOut) {
+			if sweeperTrouble(err) {
 				sweepTimedOut = true
-				b.log.printf("  run %d sweep: timed out after %s; skipping the remaining sweep runs", round, b.sz.backlogLimit)
-				b.res.note("backlog: sweeper once did not move %d due steps within %s; no rate reported", n, b.sz.backlogLimit)
+				b.log.printf("  run %d sweep: %v; skipping the remaining sweep runs", round, err)
+				if errors.Is(err, errTimedOut) {
+					b.res.note("backlog: sweeper once did not move %d due steps within %s; no rate reported", n, b.sz.backlogLimit)
+				} else {
+					b.res.note("backlog: %v; no rate reported", err)
+				}
 				return nil
 			}
 			if err != nil {

@@ -60,10 +60,14 @@ func (b *bench) idle(ctx context.Context) error {
 			var durs, walls []float64
 			for i := range b.sz.idleSweeps {
 				res, err := b.runOnce(ctx, name, b.sz.idleLimit)
-				if errors.Is(err, errTimedOut) {
+				if sweeperTrouble(err) {
 					timedOut = true
-					b.log.printf("  run %d: an idle sweep timed out after %s; skipping the rest of the scenario", run, b.sz.idleLimit)
-					b.res.note("idle: a sweep that finds nothing did not finish within %s", b.sz.idleLimit)
+					b.log.printf("  run %d: an idle sweep failed (%v); skipping the rest of the scenario", run, err)
+					if errors.Is(err, errTimedOut) {
+						b.res.note("idle: a sweep that finds nothing did not finish within %s", b.sz.idleLimit)
+					} else {
+						b.res.note("idle: a sweep that finds nothing failed: %v", err)
+					}
 					return nil
 				}
 				if err != nil {

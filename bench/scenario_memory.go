@@ -26,6 +26,12 @@ func (b *bench) memory(ctx context.Context) error {
 		timedOut := false
 		err := b.onClone(ctx, "memory", func(name string) error {
 			res, err := b.runOnce(ctx, name, b.sz.memoryLimit)
+			if errors.Is(err, errSweeperFailed) {
+				timedOut = true
+				b.log.printf("  run %d: %v; skipping the remaining runs", run, err)
+				b.res.note("memory: %v; no value reported", err)
+				return nil
+			}
 			if errors.Is(err, errTimedOut) {
 				timedOut = true
 				mib := float64(res.maxRSSKiB) / 1024

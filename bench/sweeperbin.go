@@ -66,6 +66,17 @@ func sweeperEnv(dbURL string) []string {
 // limit.
 var errTimedOut = errors.New("timed out")
 
+// errSweeperFailed marks a `sweeper once` that failed by itself: a non-zero
+// exit, failed batches or an unreadable summary.
+var errSweeperFailed = errors.New("sweeper failed")
+
+// sweeperTrouble says whether err is the sweeper's failure (a time-out or
+// errSweeperFailed), which a scenario records and reports, rather than the
+// harness's, which ends the benchmark.
+func sweeperTrouble(err error) bool {
+	return errors.Is(err, errTimedOut) || errors.Is(err, errSweeperFailed)
+}
+
 // runOnce runs `sweeper once --json --log-level warn` against database and
 // returns its summary, wall time and peak RSS. A process still running
 // after limit gets SIGTERM (the sweeper cancels its statements and stops),
@@ -99,13 +110,16 @@ func (b *bench) runOnce(ctx context.Context, database string, limit time.Duratio
 		return res, fmt.Errorf("sweeper once on %s: %w after %s", database, errTimedOut, limit)
 	}
 	if err != nil {
-		return res, fmt.Errorf("sweeper once: %w: %s", err, lastLine(stderr.String()))
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		return res, fmt.Errorf("%w: sweeper once: %w: %s", errSweeperFailed, err, lastLine(stderr.String()))
 	}
 	if err := json.Unmarshal([]byte(lastLine(stdout.String())), &res.summary); err != nil {
-		return res, fmt.Errorf("parse the summary of sweeper once %q: %w", stdout.String(), err)
+		return res, fmt.Errorf("%w: unreadable summary from sweeper once %q: %w", errSweeperFailed, stdout.String(), err)
 	}
 	if res.summary.FailedBatches > 0 {
-		return res, fmt.Errorf("sweeper once: %d failed batch(es): %s", res.summary.FailedBatches, lastLine(stderr.String()))
+		return res, fmt.Errorf("%w: sweeper once: %d failed batch(es): %s", errSweeperFailed, res.summary.FailedBatches, lastLine(stderr.String()))
 	}
 	return res, nil
 }
