@@ -37,18 +37,61 @@ func (s *Store) StepForFailure(ctx context.Context, step uuid.UUID) (handling.St
 	}, nil
 }
 
-// ApplyFailure implements handling.Store: the step columns and the
-// transition are written in one transaction, so a crash or a lost race
-// leaves neither the backoff nor the transition behind.
+// ApplyFailure implements handling.Store: the step columns, the transition
+// and (on the schedule path) the schedule row are written atomically, so a
+// crash or a lost race leaves none of them behind.
 func (s *Store) ApplyFailure(ctx context.Context, w handling.FailureWrite) (handling.Applied, error) {
-	var applied handling.Applied
-	// Known before the transaction starts: looking it up inside would need a
-	// second connection while this one is held.
 	path, err := s.Path(ctx)
 	if err != nil {
-		return applied, err
+		return handling.Applied{}, err
 	}
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	var applied handling.Applied
+	if w.Event != nil && path == sweeper.PathSchedule {
+		applied, err = s.applyFailureScheduled(ctx, w)
+	} else {
+		applied, err = s.applyFailureTx(ctx, w)
+	}
+	if err != nil {
+		return handling.Applied{}, fmt.Errorf("apply failure to step %s: %w", w.StepUUID, err)
+	}
+	return applied, nil
+}
+
+// applyFailureScheduled is the hot path: one statement, one round trip.
+func (s *Store) applyFailureScheduled(ctx context.Context, w handling.FailureWrite) (handling.Applied, error) {
+	to, err := statemachine.Next(w.From, w.Event.Type)
+	if err != nil {
+		return handling.Applied{}, err
+	}
+	meta, err := statemachine.Metadata(*w.Event, time.Now(), w.Provenance)
+	if err != nil {
+		return handling.Applied{}, err
+	}
+	row, err := s.q.FailureApplyScheduled(ctx, dbsqlc.FailureApplyScheduledParams{
+		WorkflowStepUUID:      w.StepUUID,
+		FromState:             string(w.From),
+		SetBackoff:            w.BackoffSeconds != nil,
+		BackoffRequestSeconds: w.BackoffSeconds,
+		ToState:               string(to),
+		Metadata:              meta,
+	})
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return handling.Applied{}, statemachine.ErrStepNotFound
+	case err != nil:
+		return handling.Applied{}, translate(err)
+	case !row.Written:
+		return handling.Applied{}, fmt.Errorf("transition from %s: state changed: %w", w.From, statemachine.ErrLostRace)
+	}
+	return handling.Applied{NextRetryAt: nextRetryAt(w, row.LastAttemptedAt)}, nil
+}
+
+// applyFailureTx writes the step columns and, when there is one, the
+// transition in one transaction: the scan path (no schedule to write) and
+// legacy mode (no transition).
+func (s *Store) applyFailureTx(ctx context.Context, w handling.FailureWrite) (handling.Applied, error) {
+	var applied handling.Applied
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
 		row, err := q.StepRecordFailure(ctx, dbsqlc.StepRecordFailureParams{
 			SetBackoff:            w.BackoffSeconds != nil,
@@ -62,37 +105,23 @@ func (s *Store) ApplyFailure(ctx context.Context, w handling.FailureWrite) (hand
 		if err != nil {
 			return translate(err)
 		}
-		if w.BackoffSeconds != nil && row.LastAttemptedAt != nil {
-			next := row.LastAttemptedAt.Add(time.Duration(*w.BackoffSeconds) * time.Second)
-			applied.NextRetryAt = &next
-		}
+		applied.NextRetryAt = nextRetryAt(w, row.LastAttemptedAt)
 		if w.Event == nil {
 			return nil
 		}
-		if _, err := writeTransition(ctx, q, Transition{
+		_, err = writeTransition(ctx, q, Transition{
 			StepUUID: w.StepUUID, From: w.From, Event: *w.Event, Provenance: w.Provenance,
-		}); err != nil {
-			return err
-		}
-		if path != sweeper.PathSchedule {
-			return nil
-		}
-		return schedule(ctx, q, w, applied.NextRetryAt)
+		})
+		return err
 	})
-	if err != nil {
-		return handling.Applied{}, fmt.Errorf("apply failure to step %s: %w", w.StepUUID, err)
-	}
-	return applied, nil
+	return applied, err
 }
 
-// schedule puts a step the handler just parked in waiting_for_retry on the
-// sweeper's schedule, in the same transaction.
-func schedule(ctx context.Context, q *dbsqlc.Queries, w handling.FailureWrite, dueAt *time.Time) error {
-	if w.Event == nil || w.Event.Type != statemachine.EventWaitForRetry || dueAt == nil {
+// nextRetryAt is when a step with a freshly written backoff becomes due.
+func nextRetryAt(w handling.FailureWrite, lastAttemptedAt *time.Time) *time.Time {
+	if w.BackoffSeconds == nil || lastAttemptedAt == nil {
 		return nil
 	}
-	if err := q.SchedulePark(ctx, dbsqlc.ScheduleParkParams{WorkflowStepUUID: w.StepUUID, DueAt: *dueAt}); err != nil {
-		return fmt.Errorf("schedule the retry: %w", translate(err))
-	}
-	return nil
+	next := lastAttemptedAt.Add(time.Duration(*w.BackoffSeconds) * time.Second)
+	return &next
 }

@@ -125,6 +125,38 @@ SELECT coalesce((SELECT to_state FROM tasker.workflow_step_transitions
 	return state
 }
 
+// bothPaths runs a test on a database with the sweeper-owned objects, where
+// the handler writes the step, its transition and its schedule row in one
+// statement, and on one without them, where it uses a multi-statement
+// transaction: both must behave the same.
+func bothPaths(t *testing.T, test func(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects)) {
+	t.Helper()
+	for _, objects := range []testdb.Objects{testdb.WithSweeperObjects, testdb.TaskerOnly} {
+		t.Run(objects.String(), func(t *testing.T) {
+			t.Parallel()
+			test(t, testdb.NewFor(t, objects), objects)
+		})
+	}
+}
+
+// scheduledAt is the step's due time on the sweeper's schedule, nil when it
+// has no schedule row (or the database has no schedule).
+func scheduledAt(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects, step uuid.UUID) *time.Time {
+	t.Helper()
+	if objects == testdb.TaskerOnly {
+		return nil
+	}
+	rows, err := pool.Query(context.Background(),
+		`SELECT due_at FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = $1`, step)
+	require.NoError(t, err)
+	due, err := pgx.CollectRows(rows, pgx.RowTo[time.Time])
+	require.NoError(t, err)
+	if len(due) == 0 {
+		return nil
+	}
+	return &due[0]
+}
+
 // metaString returns a metadata value that must be a JSON string.
 func metaString(t *testing.T, meta map[string]any, key string) string {
 	t.Helper()
@@ -137,7 +169,10 @@ func metaString(t *testing.T, meta map[string]any, key string) string {
 // step in waiting_for_retry and writes its backoff, all of it visible at once.
 func TestHandleStepErrorSchedulesRetry(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
+	bothPaths(t, testHandleStepErrorSchedulesRetry)
+}
+
+func testHandleStepErrorSchedulesRetry(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 		Attempts:         testdb.Ptr[int32](1),
 		MaxAttempts:      testdb.Ptr[int32](3),
@@ -177,6 +212,9 @@ func TestHandleStepErrorSchedulesRetry(t *testing.T) {
 	require.NotNil(t, res.NextRetryAt)
 	require.Equal(t, after.LastAttemptedAt.Add(2*time.Second), *res.NextRetryAt,
 		"next retry is exactly last_attempted_at + backoff as written")
+	if objects == testdb.WithSweeperObjects {
+		require.Equal(t, res.NextRetryAt, scheduledAt(t, pool, objects, step), "scheduled for its due time")
+	}
 
 	rows := transitions(t, pool, step)
 	require.Len(t, rows, failedHistory+1)
@@ -393,71 +431,77 @@ func TestHandleStepErrorDecisions(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			pool := testdb.New(t)
-			cols := tc.cols
-			cols.InProcess = testdb.Ptr(true)
-			cols.LastAttemptedAgo = testdb.Ptr(10 * time.Minute)
-			step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, cols).Steps[0]
-			before := readStep(t, pool, step)
-			cfg := jitterOff()
-			if tc.config != nil {
-				tc.config(&cfg)
-			}
-			f := tc.failure
-			f.StepUUID = step
+			bothPaths(t, func(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
+				cols := tc.cols
+				cols.InProcess = testdb.Ptr(true)
+				cols.LastAttemptedAgo = testdb.Ptr(10 * time.Minute)
+				step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, cols).Steps[0]
+				before := readStep(t, pool, step)
+				cfg := jitterOff()
+				if tc.config != nil {
+					tc.config(&cfg)
+				}
+				f := tc.failure
+				f.StepUUID = step
 
-			res, err := newService(pool, cfg, tc.opts...).HandleStepError(context.Background(), f)
-			now := dbNow(t, pool)
-			require.NoError(t, err)
-			require.Equal(t, tc.wantAction, res.Action)
-			require.Equal(t, tc.wantState, res.FinalState)
-			require.Equal(t, string(tc.wantState), currentState(t, pool, step), "the real state")
-			require.Equal(t, tc.wantCategory, res.Classification.Category)
+				res, err := newService(pool, cfg, tc.opts...).HandleStepError(context.Background(), f)
+				now := dbNow(t, pool)
+				require.NoError(t, err)
+				require.Equal(t, tc.wantAction, res.Action)
+				require.Equal(t, tc.wantState, res.FinalState)
+				require.Equal(t, string(tc.wantState), currentState(t, pool, step), "the real state")
+				require.Equal(t, tc.wantCategory, res.Classification.Category)
 
-			after := readStep(t, pool, step)
-			if tc.wantBackoff == 0 {
-				require.Nil(t, after.BackoffRequestSeconds)
-				require.Equal(t, before.LastAttemptedAt, after.LastAttemptedAt)
-				require.Nil(t, res.BackoffSeconds)
-				require.Nil(t, res.NextRetryAt)
-			} else {
-				require.NotNil(t, after.BackoffRequestSeconds)
-				require.Equal(t, tc.wantBackoff, *after.BackoffRequestSeconds)
-				require.NotNil(t, res.BackoffSeconds)
-				require.Equal(t, tc.wantBackoff, *res.BackoffSeconds)
-				require.Equal(t, tc.wantSource, res.BackoffSource)
-				require.NotNil(t, after.LastAttemptedAt)
-				require.WithinDuration(t, now, *after.LastAttemptedAt, 5*time.Second)
-				require.NotNil(t, res.NextRetryAt)
-				require.Equal(t, after.LastAttemptedAt.Add(time.Duration(tc.wantBackoff)*time.Second), *res.NextRetryAt)
-			}
+				after := readStep(t, pool, step)
+				if tc.wantBackoff == 0 {
+					require.Nil(t, after.BackoffRequestSeconds)
+					require.Equal(t, before.LastAttemptedAt, after.LastAttemptedAt)
+					require.Nil(t, res.BackoffSeconds)
+					require.Nil(t, res.NextRetryAt)
+				} else {
+					require.NotNil(t, after.BackoffRequestSeconds)
+					require.Equal(t, tc.wantBackoff, *after.BackoffRequestSeconds)
+					require.NotNil(t, res.BackoffSeconds)
+					require.Equal(t, tc.wantBackoff, *res.BackoffSeconds)
+					require.Equal(t, tc.wantSource, res.BackoffSource)
+					require.NotNil(t, after.LastAttemptedAt)
+					require.WithinDuration(t, now, *after.LastAttemptedAt, 5*time.Second)
+					require.NotNil(t, res.NextRetryAt)
+					require.Equal(t, after.LastAttemptedAt.Add(time.Duration(tc.wantBackoff)*time.Second), *res.NextRetryAt)
+				}
+				if tc.wantState == statemachine.WaitingForRetry && objects == testdb.WithSweeperObjects {
+					require.Equal(t, res.NextRetryAt, scheduledAt(t, pool, objects, step), "parked steps are scheduled")
+				} else {
+					require.Nil(t, scheduledAt(t, pool, objects, step), "only parked steps are scheduled")
+				}
 
-			rows := transitions(t, pool, step)
-			if tc.wantEvent == "" {
-				require.Len(t, rows, failedHistory, "no transition row added")
-				require.True(t, rows[failedHistory-1].MostRecent)
-				return
-			}
-			require.Len(t, rows, failedHistory+1)
-			require.False(t, after.InProcess, "a transition releases the step")
-			require.False(t, rows[failedHistory-1].MostRecent)
-			last := rows[failedHistory]
-			require.Equal(t, string(tc.wantState), last.ToState)
-			require.NotNil(t, last.FromState)
-			require.Equal(t, "enqueued_as_error_for_orchestration", *last.FromState)
-			require.Equal(t, int32(5), last.SortKey)
-			require.True(t, last.MostRecent)
-			require.JSONEq(t, tc.wantEvent, metaString(t, last.Metadata, "event"))
-			require.Equal(t, string(tc.wantCategory), last.Metadata["category"])
-			if tc.wantBackoff != 0 {
-				require.Equal(t, float64(tc.wantBackoff), last.Metadata["backoff_seconds"])
-				require.Equal(t, string(tc.wantSource), last.Metadata["backoff_source"])
-			} else {
-				require.NotContains(t, last.Metadata, "backoff_seconds")
-			}
-			if tc.wantSource == backoff.SourceRetryAfter {
-				require.Equal(t, tc.failure.RetryAfter, last.Metadata["retry_after"])
-			}
+				rows := transitions(t, pool, step)
+				if tc.wantEvent == "" {
+					require.Len(t, rows, failedHistory, "no transition row added")
+					require.True(t, rows[failedHistory-1].MostRecent)
+					return
+				}
+				require.Len(t, rows, failedHistory+1)
+				require.False(t, after.InProcess, "a transition releases the step")
+				require.False(t, rows[failedHistory-1].MostRecent)
+				last := rows[failedHistory]
+				require.Equal(t, string(tc.wantState), last.ToState)
+				require.NotNil(t, last.FromState)
+				require.Equal(t, "enqueued_as_error_for_orchestration", *last.FromState)
+				require.Equal(t, int32(5), last.SortKey)
+				require.True(t, last.MostRecent)
+				require.JSONEq(t, tc.wantEvent, metaString(t, last.Metadata, "event"))
+				require.Equal(t, string(tc.wantCategory), last.Metadata["category"])
+				if tc.wantBackoff != 0 {
+					require.Equal(t, float64(tc.wantBackoff), last.Metadata["backoff_seconds"])
+					require.Equal(t, string(tc.wantSource), last.Metadata["backoff_source"])
+				} else {
+					require.NotContains(t, last.Metadata, "backoff_seconds")
+				}
+				if tc.wantSource == backoff.SourceRetryAfter {
+					require.Equal(t, tc.failure.RetryAfter, last.Metadata["retry_after"])
+				}
+			})
 		})
 	}
 }
@@ -467,7 +511,10 @@ func TestHandleStepErrorDecisions(t *testing.T) {
 // stalled: neither half may become visible.
 func TestHandleStepErrorIsOneTransaction(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
+	bothPaths(t, testHandleStepErrorIsOneTransaction)
+}
+
+func testHandleStepErrorIsOneTransaction(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
 	ctx := context.Background()
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 		Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3),
@@ -525,6 +572,7 @@ SELECT 1 FROM tasker.workflow_steps WHERE workflow_step_uuid = $1 FOR UPDATE NOW
 	require.True(t, after.InProcess)
 	require.Len(t, transitions(t, pool, step), failedHistory)
 	require.Equal(t, before, snapshot(t, pool, step))
+	require.Nil(t, scheduledAt(t, pool, objects, step), "no schedule row without its transition")
 }
 
 // waitForSleepingBackend returns the pid of the session of this database that
@@ -633,7 +681,10 @@ func TestHandleStepErrorRepeatedReportIsNoAction(t *testing.T) {
 // others see it already handled; nobody gets an error.
 func TestHandleStepErrorConcurrentReportsExactlyOneWins(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
+	bothPaths(t, testHandleStepErrorConcurrentReportsExactlyOneWins)
+}
+
+func testHandleStepErrorConcurrentReportsExactlyOneWins(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 		Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3),
 	}).Steps[0]
@@ -679,6 +730,8 @@ func TestHandleStepErrorConcurrentReportsExactlyOneWins(t *testing.T) {
 	row := readStep(t, pool, step)
 	require.NotNil(t, row.BackoffRequestSeconds)
 	require.Equal(t, int32(2), *row.BackoffRequestSeconds)
+	require.Equal(t, objects == testdb.WithSweeperObjects, scheduledAt(t, pool, objects, step) != nil,
+		"scheduled on the schedule path")
 }
 
 // jsonb rejects NUL; the handler strips it instead of failing the report.

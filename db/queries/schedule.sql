@@ -67,12 +67,81 @@ FOR UPDATE OF ws, cur SKIP LOCKED;
 -- Drops the schedule rows of steps a batch moved to pending.
 DELETE FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = ANY(@step_uuids::uuid[]);
 
--- name: SchedulePark :exec
--- The inline handler parked a step: (re)schedule it for its new due time.
-INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at, stranded, updated_at)
-VALUES (@workflow_step_uuid, @due_at, false, now())
-ON CONFLICT (workflow_step_uuid)
-DO UPDATE SET due_at = excluded.due_at, stranded = false, updated_at = now();
+-- name: FailureApplyScheduled :one
+-- The inline handler's whole write on the schedule path, as one statement (so
+-- one implicit transaction and one round trip): lock the step row, retire
+-- its current transition if it is still @from_state (the compare-and-swap),
+-- and only then write the backoff columns, append the new most_recent
+-- transition with sort_key max+1, and, when the step is parked in
+-- waiting_for_retry, put it on the schedule at last_attempted_at + backoff.
+-- A step with no transition rows is pending, so from_state 'pending' also
+-- matches "no current row". The locks are taken in the order of the
+-- multi-statement version (step row, then transition row).
+-- No row: the step does not exist. written = false: the state no longer
+-- matched and nothing was written. A concurrent writer that slips past
+-- the CAS hits the unique most_recent index and the statement fails whole.
+WITH locked AS (
+    SELECT ws.workflow_step_uuid
+    FROM tasker.workflow_steps ws
+    WHERE ws.workflow_step_uuid = @workflow_step_uuid
+    FOR UPDATE
+), retired AS (
+    UPDATE tasker.workflow_step_transitions t
+    SET most_recent = false, updated_at = now()
+    FROM locked
+    WHERE t.workflow_step_uuid = locked.workflow_step_uuid
+      AND t.most_recent
+      AND t.to_state = @from_state::varchar
+    RETURNING t.workflow_step_uuid
+), step AS (
+    UPDATE tasker.workflow_steps ws
+    SET backoff_request_seconds = CASE WHEN @set_backoff::boolean
+                                       THEN sqlc.narg(backoff_request_seconds)::integer
+                                       ELSE ws.backoff_request_seconds END,
+        last_attempted_at = CASE WHEN @set_backoff::boolean THEN now()::timestamp ELSE ws.last_attempted_at END,
+        in_process = false,
+        updated_at = now()
+    FROM locked
+    WHERE ws.workflow_step_uuid = locked.workflow_step_uuid
+      AND (EXISTS (SELECT 1 FROM retired)
+           OR (@from_state::varchar = 'pending' AND NOT EXISTS (
+                SELECT 1 FROM tasker.workflow_step_transitions t
+                WHERE t.workflow_step_uuid = locked.workflow_step_uuid AND t.most_recent)))
+    RETURNING ws.workflow_step_uuid, ws.last_attempted_at, ws.backoff_request_seconds
+), appended AS (
+    INSERT INTO tasker.workflow_step_transitions (
+        workflow_step_uuid, to_state, from_state, metadata, sort_key, most_recent, created_at, updated_at
+    )
+    SELECT
+        step.workflow_step_uuid,
+        @to_state::varchar,
+        @from_state::varchar,
+        @metadata::jsonb,
+        (SELECT coalesce(max(t.sort_key), 0) + 1
+         FROM tasker.workflow_step_transitions t
+         WHERE t.workflow_step_uuid = step.workflow_step_uuid),
+        true,
+        now(),
+        now()
+    FROM step
+    RETURNING sort_key
+), parked AS (
+    INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at, stranded, updated_at)
+    SELECT step.workflow_step_uuid,
+           step.last_attempted_at + step.backoff_request_seconds * interval '1 second',
+           false,
+           now()
+    FROM step
+    WHERE @to_state::varchar = 'waiting_for_retry'
+      AND step.last_attempted_at IS NOT NULL
+      AND step.backoff_request_seconds IS NOT NULL
+    ON CONFLICT (workflow_step_uuid)
+    DO UPDATE SET due_at = excluded.due_at, stranded = false, updated_at = now()
+)
+SELECT
+    (SELECT step.last_attempted_at FROM step) AS last_attempted_at,
+    EXISTS (SELECT 1 FROM appended) AS written
+FROM locked;
 
 -- name: ScheduleReschedule :one
 -- After a sweep, the schedule rows whose due time has passed but which the
