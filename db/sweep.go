@@ -263,49 +263,107 @@ func (s *Store) StrandedSample(ctx context.Context, limit int) ([]sweeper.Strand
 
 // Adoption tuning. The margin covers writers whose transaction started
 // (and stamped created_at) before the previous pass but committed after it;
-// the periodic full pass catches anything slower than that.
+// the periodic full pass catches anything slower than that. The watermark
+// is written only when a pass adopted something or it is advanceEvery old:
+// an idle sweep then reads and writes nothing else (no commit to flush),
+// while the window an incremental pass re-reads stays under a minute and a
+// quarter.
 const (
 	adoptionMargin       = time.Minute
+	adoptionAdvanceEvery = 10 * time.Second
 	adoptionFullInterval = 15 * time.Minute
 )
 
 // Adopt implements sweeper.Store: steps other writers parked in
-// waiting_for_retry get schedule rows. Passes are incremental (transitions
-// created since the last pass, minus a margin) with a full pass every
-// adoptionFullInterval; the state lives in the database, so replicas and
-// one-shot runs share it. A replica that finds another one adopting skips.
+// waiting_for_retry since the watermark (minus a margin) get schedule rows.
+// Replicas may run it at once: the insert skips scheduled steps and the
+// watermark only moves forward. The first pass ever is a full one.
 func (s *Store) Adopt(ctx context.Context) (sweeper.Adoption, error) {
 	var res sweeper.Adoption
 	if path, err := s.Path(ctx); err != nil || path != sweeper.PathSchedule {
 		return res, err
 	}
-	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+	state, err := s.q.AdoptionState(ctx)
+	if err != nil {
+		return res, fmt.Errorf("read adoption state: %w", translate(err))
+	}
+	if state.Watermark == nil {
+		return s.AdoptAll(ctx)
+	}
+	row, err := s.q.ScheduleAdopt(ctx, state.Watermark.Add(-adoptionMargin))
+	if err != nil {
+		return res, fmt.Errorf("adopt waiting steps: %w", translate(err))
+	}
+	res.Adopted = int(row.Adopted)
+	if res.Adopted == 0 && row.ScannedAt.Sub(*state.Watermark) < adoptionAdvanceEvery {
+		return res, nil
+	}
+	err = s.q.AdoptionAdvance(ctx, dbsqlc.AdoptionAdvanceParams{Watermark: row.ScannedAt})
+	if err != nil {
+		return res, fmt.Errorf("advance adoption watermark: %w", translate(err))
+	}
+	return res, nil
+}
+
+// AdoptAll implements sweeper.Store: when the last full pass is
+// adoptionFullInterval old (or there never was one), every waiting step
+// without a schedule row gets one. One replica at a time: the others skip.
+func (s *Store) AdoptAll(ctx context.Context) (sweeper.Adoption, error) {
+	var res sweeper.Adoption
+	if path, err := s.Path(ctx); err != nil || path != sweeper.PathSchedule {
+		return res, err
+	}
+	// A plain read first, so the common "not due" answer takes no lock.
+	state, err := s.q.AdoptionState(ctx)
+	if err != nil {
+		return res, fmt.Errorf("read adoption state: %w", translate(err))
+	}
+	if state.Watermark != nil && !fullPassDue(state.LastFullPass, state.DbNow) {
+		return res, nil
+	}
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
-		state, err := q.AdoptionState(ctx)
+		state, err := q.AdoptionLock(ctx)
 		if errors.Is(err, pgx.ErrNoRows) {
-			res.Skipped = true // another replica is adopting right now
+			res.Skipped = true // another replica is running a full pass
 			return nil
 		}
 		if err != nil {
 			return translate(err)
 		}
-		var since time.Time // the zero time: every waiting step
-		res.Full = state.Watermark == nil || state.LastFullPass == nil ||
-			state.DbNow.Sub(*state.LastFullPass) >= adoptionFullInterval
-		if !res.Full {
-			since = state.Watermark.Add(-adoptionMargin)
+		if state.Watermark != nil && !fullPassDue(state.LastFullPass, state.DbNow) {
+			return nil // another replica just finished one
 		}
-		row, err := q.ScheduleAdopt(ctx, since)
+		res.Full = true
+		row, err := q.ScheduleAdopt(ctx, time.Time{}) // the zero time: every waiting step
 		if err != nil {
 			return translate(err)
 		}
 		res.Adopted = int(row.Adopted)
-		return translate(q.AdoptionAdvance(ctx, dbsqlc.AdoptionAdvanceParams{Watermark: row.ScannedAt, FullPass: res.Full}))
+		return translate(q.AdoptionAdvance(ctx, dbsqlc.AdoptionAdvanceParams{Watermark: row.ScannedAt, FullPass: true}))
 	})
 	if err != nil {
-		return res, fmt.Errorf("adopt waiting steps: %w", err)
+		return sweeper.Adoption{}, fmt.Errorf("adopt every waiting step: %w", err)
 	}
 	return res, nil
+}
+
+func fullPassDue(last *time.Time, now time.Time) bool {
+	return last == nil || now.Sub(*last) >= adoptionFullInterval
+}
+
+// MaybeDue implements sweeper.Store: on the schedule path, whether any
+// schedule row's time has come; the scan path cannot tell without the scan.
+func (s *Store) MaybeDue(ctx context.Context) (bool, error) {
+	path, err := s.Path(ctx)
+	if err != nil || path != sweeper.PathSchedule {
+		return true, err
+	}
+	overdue, err := s.q.ScheduleOverdue(ctx)
+	if err != nil {
+		return false, fmt.Errorf("look for overdue schedule rows: %w", translate(err))
+	}
+	return overdue, nil
 }
 
 // rescheduleBatch bounds one reschedule statement; recheckAfter is how long

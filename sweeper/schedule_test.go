@@ -2,6 +2,7 @@ package sweeper_test
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -155,4 +156,166 @@ func TestSweepReschedulesWhatItCannotMove(t *testing.T) {
 	again, err := sw.RunOnce(ctx, false)
 	require.NoError(t, err)
 	require.Equal(t, int64(1), again.Stranded, "stranded count comes from the schedule")
+}
+
+// countingStore counts the batches a sweep asks for.
+type countingStore struct {
+	*db.Store
+	batches atomic.Int32
+}
+
+func (c *countingStore) MoveDueBatch(ctx context.Context, b sweeper.Batch) (sweeper.BatchResult, error) {
+	c.batches.Add(1)
+	return c.Store.MoveDueBatch(ctx, b)
+}
+
+// adoptionRow is the adoption state with its row version: xmin changes
+// whenever a sweep writes the row.
+func adoptionRow(t *testing.T, pool *pgxpool.Pool) (xmin string, watermark, lastFull *time.Time) {
+	t.Helper()
+	require.NoError(t, pool.QueryRow(context.Background(),
+		`SELECT xmin::text, watermark, last_full_pass FROM tasker_sweeper.adoption`).Scan(&xmin, &watermark, &lastFull))
+	return xmin, watermark, lastFull
+}
+
+// An idle sweep on the schedule path writes nothing and claims nothing: no
+// batch transaction when no schedule row is due, no adoption write while
+// the watermark is recent. The scan path cannot tell and always looks.
+func TestIdleSweepWritesNothing(t *testing.T) {
+	t.Parallel()
+	bothPaths(t, func(t *testing.T, objects testdb.Objects) {
+		pool := testdb.NewFor(t, objects)
+		ctx := context.Background()
+		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+		testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
+		testdb.SetColumns(t, pool, step, testdb.StepColumns{
+			Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+		store := &countingStore{Store: db.NewStore(pool)}
+		sw := sweeper.New(store, sweeper.DefaultConfig(), discard, sweeper.Hooks{})
+		_, err := sw.RunOnce(ctx, false) // the first ever: full adoption
+		require.NoError(t, err)
+		store.batches.Store(0)
+		if objects == testdb.TaskerOnly {
+			sum, err := sw.RunOnce(ctx, false)
+			require.NoError(t, err)
+			require.Zero(t, sum.Transitioned)
+			require.Equal(t, int32(1), store.batches.Load(), "the scan path looks every time")
+			return
+		}
+		_, ok := scheduleOf(t, pool, step)
+		require.True(t, ok, "the waiting step was adopted")
+		xmin, _, _ := adoptionRow(t, pool)
+
+		sum, err := sw.RunOnce(ctx, false)
+		require.NoError(t, err)
+		require.Zero(t, sum.Transitioned)
+		require.Zero(t, store.batches.Load(), "nothing due on the schedule: no batch")
+		after, _, _ := adoptionRow(t, pool)
+		require.Equal(t, xmin, after, "a recent watermark is not rewritten by an idle sweep")
+
+		// Once the step is due, the sweep looks again and moves it.
+		_, err = pool.Exec(ctx, `UPDATE tasker.workflow_steps SET backoff_request_seconds = 1 WHERE workflow_step_uuid = $1`, step)
+		require.NoError(t, err)
+		_, err = pool.Exec(ctx, `UPDATE tasker_sweeper.retry_schedule SET due_at = now() - interval '1 second'`)
+		require.NoError(t, err)
+		sum, err = sw.RunOnce(ctx, false)
+		require.NoError(t, err)
+		require.Equal(t, 1, sum.Transitioned)
+	})
+}
+
+// The watermark moves when a pass adopted something, and when it is old
+// even if nothing was found, so the window a pass re-reads stays small.
+func TestAdoptionWatermarkAdvances(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	ctx := context.Background()
+	sw := newSweeper(pool)
+	_, err := sw.RunOnce(ctx, false)
+	require.NoError(t, err)
+	_, first, _ := adoptionRow(t, pool)
+	require.NotNil(t, first)
+
+	// Old watermark, nothing to adopt: it still moves up to now.
+	_, err = pool.Exec(ctx, `UPDATE tasker_sweeper.adoption SET watermark = watermark - interval '30 seconds'`)
+	require.NoError(t, err)
+	_, err = sw.RunOnce(ctx, false)
+	require.NoError(t, err)
+	_, second, _ := adoptionRow(t, pool)
+	require.True(t, !second.Before(*first), "an old watermark is advanced: %s -> %s", first, second)
+
+	// Something adopted: it moves even though it is recent.
+	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+	testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
+	testdb.SetColumns(t, pool, step, testdb.StepColumns{
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+	sum, err := sw.RunOnce(ctx, false)
+	require.NoError(t, err)
+	require.Equal(t, 1, sum.Adopted)
+	_, third, _ := adoptionRow(t, pool)
+	require.True(t, third.After(*second), "a pass that adopted advances the watermark")
+}
+
+// The full pass adopts what the incremental one cannot see (a waiting row
+// older than the watermark's margin), only when due, one replica at a time;
+// a replica's full pass never blocks another's incremental pass.
+func TestFullAdoptionPass(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	ctx := context.Background()
+	sw := newSweeper(pool)
+	_, err := sw.RunOnce(ctx, false)
+	require.NoError(t, err)
+
+	// Parked by another writer long ago, as if its transaction had been
+	// open across many passes.
+	old := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+	testdb.PlaceInState(t, pool, old, statemachine.WaitingForRetry, 0)
+	testdb.SetColumns(t, pool, old, testdb.StepColumns{
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+	_, err = pool.Exec(ctx, `UPDATE tasker.workflow_step_transitions SET created_at = created_at - interval '1 hour'
+		WHERE workflow_step_uuid = $1`, old)
+	require.NoError(t, err)
+
+	sum, err := sw.RunOnce(ctx, false)
+	require.NoError(t, err)
+	require.Zero(t, sum.Adopted, "older than the incremental window")
+	res, err := sw.AdoptAll(ctx)
+	require.NoError(t, err)
+	require.Equal(t, sweeper.Adoption{}, res, "the last full pass is recent: nothing to do")
+	_, ok := scheduleOf(t, pool, old)
+	require.False(t, ok)
+
+	_, err = pool.Exec(ctx, `UPDATE tasker_sweeper.adoption SET last_full_pass = last_full_pass - interval '16 minutes'`)
+	require.NoError(t, err)
+
+	// Another replica's full pass holds the state row: this one skips its
+	// own, and its incremental pass (due to advance an old watermark) does
+	// not wait: it leaves the advance to the full pass.
+	_, err = pool.Exec(ctx, `UPDATE tasker_sweeper.adoption SET watermark = watermark - interval '30 seconds'`)
+	require.NoError(t, err)
+	_, oldWatermark, _ := adoptionRow(t, pool)
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `SELECT 1 FROM tasker_sweeper.adoption FOR UPDATE`)
+	require.NoError(t, err)
+	res, err = sw.AdoptAll(ctx)
+	require.NoError(t, err)
+	require.True(t, res.Skipped)
+	quick, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = sw.RunOnce(quick, false)
+	cancel()
+	require.NoError(t, err, "an incremental pass does not wait for a full pass")
+	require.NoError(t, tx.Rollback(ctx))
+	_, watermark, _ := adoptionRow(t, pool)
+	require.Equal(t, oldWatermark, watermark, "the advance was skipped, not queued")
+
+	res, err = sw.AdoptAll(ctx)
+	require.NoError(t, err)
+	require.True(t, res.Full)
+	require.Equal(t, 1, res.Adopted)
+	_, ok = scheduleOf(t, pool, old)
+	require.True(t, ok, "the full pass adopted the old step")
+	_, _, lastFull := adoptionRow(t, pool)
+	require.WithinDuration(t, time.Now().UTC(), *lastFull, time.Minute)
 }

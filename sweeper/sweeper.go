@@ -114,8 +114,16 @@ type Store interface {
 	CountDue(ctx context.Context) (Counts, error)
 	// Stranded counts the stranded steps and lists up to sample of them.
 	Stranded(ctx context.Context, sample int) (int64, []StrandedStep, error)
-	// Adopt schedules waiting steps parked by other writers (schedule path).
+	// Adopt schedules waiting steps recently parked by other writers
+	// (schedule path); cheap enough for every sweep.
 	Adopt(ctx context.Context) (Adoption, error)
+	// AdoptAll schedules every waiting step parked by other writers when
+	// the last such full pass is old enough (schedule path); slow on big
+	// tables, so it runs apart from the sweeps.
+	AdoptAll(ctx context.Context) (Adoption, error)
+	// MaybeDue says whether a batch could find anything; false lets an
+	// idle sweep stop early (schedule path; the scan path always says true).
+	MaybeDue(ctx context.Context) (bool, error)
 	// Reschedule re-evaluates schedule rows whose time has passed but that
 	// cannot move now (schedule path).
 	Reschedule(ctx context.Context) (Rescheduled, error)
@@ -265,6 +273,13 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 		log.Warn("stranded steps: waiting_for_retry but not retry-eligible; only an operator can move them",
 			slog.Int64("stranded", stranded), slog.Any("sample_step_uuids", ids))
 	}
+	maybeDue, err := s.store.MaybeDue(ctx)
+	if err != nil {
+		return err
+	}
+	if !maybeDue {
+		return nil
+	}
 	// Overdue schedule rows that cannot move (blocked, stranded, no longer
 	// waiting) are re-evaluated first, so the batches' candidates, taken in
 	// due order, are movable ones and a short batch really means "done".
@@ -276,6 +291,22 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 		log.Debug("schedule rows re-evaluated", slog.Int("dropped", res.Dropped), slog.Int("deferred", res.Deferred))
 	}
 	return s.runBatches(ctx, log, sum)
+}
+
+// AdoptAll runs the full adoption pass if one is due (see Store.AdoptAll)
+// and logs what it found. The daemon calls it on a timer of its own, so the
+// pass never delays a sweep; `sweeper once` calls it after its sweep.
+func (s *Sweeper) AdoptAll(ctx context.Context) (Adoption, error) {
+	start := time.Now()
+	res, err := s.store.AdoptAll(ctx)
+	if err != nil {
+		return res, err
+	}
+	if res.Full {
+		s.logger.Info("full adoption pass: every waiting step parked by other writers is scheduled",
+			slog.Int("adopted", res.Adopted), slog.Duration("took", time.Since(start)))
+	}
+	return res, nil
 }
 
 func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary) error {

@@ -36,7 +36,8 @@ func runOnce(ctx context.Context, e env, args []string) error {
 	}
 	defer store.Pool().Close()
 
-	sum, sweepErr := sweeper.New(store, *cfg, logger, sweeper.Hooks{}).RunOnce(ctx, *dryRun)
+	sw := sweeper.New(store, *cfg, logger, sweeper.Hooks{})
+	sum, sweepErr := sw.RunOnce(ctx, *dryRun)
 	if *asJSON {
 		if err := json.NewEncoder(e.stdout).Encode(sum); err != nil {
 			return err
@@ -49,5 +50,13 @@ func runOnce(ctx context.Context, e env, args []string) error {
 		fmt.Fprintf(e.stdout, "sweep %s: %d step(s) %s, %d stranded, %d lost race(s), %d batch(es), %.1f ms\n",
 			sum.SweepID, sum.Transitioned, verb, sum.Stranded, sum.LostRaces, sum.Batches, sum.DurationMS)
 	}
-	return sweepErr
+	if sweepErr != nil || *dryRun {
+		return sweepErr
+	}
+	// After the sweep, so its due steps never wait for it: the periodic
+	// full adoption pass, when one is due (the daemon runs it on a timer).
+	if _, err := sw.AdoptAll(ctx); err != nil {
+		return err
+	}
+	return nil
 }

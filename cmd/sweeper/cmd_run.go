@@ -227,6 +227,8 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	go func() { defer close(healthDone); health.run(runCtx) }()
 	schedDone := make(chan struct{})
 	go func() { defer close(schedDone); sched.Run(runCtx) }()
+	adoptDone := make(chan struct{})
+	go func() { defer close(adoptDone); fullAdoptionLoop(runCtx, sw, health.Ready, logger) }()
 
 	var runErr error
 	select {
@@ -248,6 +250,32 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 		logger.Warn("grace period over with a sweep still running; its open batch rolls back")
 	}
 	<-healthDone
+	<-adoptDone // a full pass in flight is cancelled: it rolls back whole
 	logger.Info("sweeper stopped")
 	return runErr
+}
+
+// fullAdoptionCheck is how often the daemon asks whether a full adoption
+// pass is due; the database decides (every 15 minutes, one replica at a
+// time), so this only bounds how late one starts.
+const fullAdoptionCheck = time.Minute
+
+// fullAdoptionLoop runs the full adoption passes beside the scheduler, not
+// inside a sweep: a pass over a million waiting steps takes seconds and
+// must not hold up the steps that are due meanwhile.
+func fullAdoptionLoop(ctx context.Context, sw *sweeper.Sweeper, ready func() bool, logger *slog.Logger) {
+	tick := time.NewTicker(fullAdoptionCheck)
+	defer tick.Stop()
+	for {
+		if ready() {
+			if _, err := sw.AdoptAll(ctx); err != nil && ctx.Err() == nil {
+				logger.Warn("full adoption pass failed; retrying later", slog.Any("error", err))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }

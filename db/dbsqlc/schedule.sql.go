@@ -16,7 +16,7 @@ const adoptionAdvance = `-- name: AdoptionAdvance :exec
 UPDATE tasker_sweeper.adoption
 SET watermark = greatest(coalesce(watermark, $1::timestamp), $1::timestamp),
     last_full_pass = CASE WHEN $2::boolean THEN $1::timestamp ELSE last_full_pass END
-WHERE id = 1
+WHERE id = (SELECT a.id FROM tasker_sweeper.adoption a WHERE a.id = 1 FOR UPDATE SKIP LOCKED)
 `
 
 type AdoptionAdvanceParams struct {
@@ -24,15 +24,38 @@ type AdoptionAdvanceParams struct {
 	FullPass  bool
 }
 
+// Moves the watermark forward (never back). Skipped while another
+// transaction holds the row (a replica's full pass, which advances it
+// itself): an incremental pass never waits behind one.
 func (q *Queries) AdoptionAdvance(ctx context.Context, arg AdoptionAdvanceParams) error {
 	_, err := q.db.Exec(ctx, adoptionAdvance, arg.Watermark, arg.FullPass)
 	return err
 }
 
-const adoptionState = `-- name: AdoptionState :one
+const adoptionLock = `-- name: AdoptionLock :one
 SELECT watermark, last_full_pass, now()::timestamp AS db_now
 FROM tasker_sweeper.adoption WHERE id = 1
 FOR UPDATE SKIP LOCKED
+`
+
+type AdoptionLockRow struct {
+	Watermark    *time.Time
+	LastFullPass *time.Time
+	DbNow        time.Time
+}
+
+// The same, locked so replicas take turns at the full pass: no row means
+// another replica is running one right now.
+func (q *Queries) AdoptionLock(ctx context.Context) (AdoptionLockRow, error) {
+	row := q.db.QueryRow(ctx, adoptionLock)
+	var i AdoptionLockRow
+	err := row.Scan(&i.Watermark, &i.LastFullPass, &i.DbNow)
+	return i, err
+}
+
+const adoptionState = `-- name: AdoptionState :one
+SELECT watermark, last_full_pass, now()::timestamp AS db_now
+FROM tasker_sweeper.adoption WHERE id = 1
 `
 
 type AdoptionStateRow struct {
@@ -41,8 +64,7 @@ type AdoptionStateRow struct {
 	DbNow        time.Time
 }
 
-// Where adoption has got to, locked so replicas take turns: no row means
-// another replica is adopting right now.
+// Where adoption has got to (a plain read: incremental passes need no lock).
 func (q *Queries) AdoptionState(ctx context.Context) (AdoptionStateRow, error) {
 	row := q.db.QueryRow(ctx, adoptionState)
 	var i AdoptionStateRow
@@ -293,6 +315,19 @@ DELETE FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = ANY($1::uui
 func (q *Queries) ScheduleForget(ctx context.Context, stepUuids []uuid.UUID) error {
 	_, err := q.db.Exec(ctx, scheduleForget, stepUuids)
 	return err
+}
+
+const scheduleOverdue = `-- name: ScheduleOverdue :one
+SELECT EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule WHERE due_at <= now()) AS overdue
+`
+
+// Whether any schedule row's time has come: when none has, a sweep has
+// nothing to claim or re-evaluate. One probe of the due_at index.
+func (q *Queries) ScheduleOverdue(ctx context.Context) (bool, error) {
+	row := q.db.QueryRow(ctx, scheduleOverdue)
+	var overdue bool
+	err := row.Scan(&overdue)
+	return overdue, err
 }
 
 const schedulePresent = `-- name: SchedulePresent :one

@@ -238,17 +238,30 @@ WITH adopted AS (
 SELECT count(*)::bigint AS adopted, now()::timestamp AS scanned_at FROM adopted;
 
 -- name: AdoptionState :one
--- Where adoption has got to, locked so replicas take turns: no row means
--- another replica is adopting right now.
+-- Where adoption has got to (a plain read: incremental passes need no lock).
+SELECT watermark, last_full_pass, now()::timestamp AS db_now
+FROM tasker_sweeper.adoption WHERE id = 1;
+
+-- name: AdoptionLock :one
+-- The same, locked so replicas take turns at the full pass: no row means
+-- another replica is running one right now.
 SELECT watermark, last_full_pass, now()::timestamp AS db_now
 FROM tasker_sweeper.adoption WHERE id = 1
 FOR UPDATE SKIP LOCKED;
 
 -- name: AdoptionAdvance :exec
+-- Moves the watermark forward (never back). Skipped while another
+-- transaction holds the row (a replica's full pass, which advances it
+-- itself): an incremental pass never waits behind one.
 UPDATE tasker_sweeper.adoption
 SET watermark = greatest(coalesce(watermark, @watermark::timestamp), @watermark::timestamp),
     last_full_pass = CASE WHEN @full_pass::boolean THEN @watermark::timestamp ELSE last_full_pass END
-WHERE id = 1;
+WHERE id = (SELECT a.id FROM tasker_sweeper.adoption a WHERE a.id = 1 FOR UPDATE SKIP LOCKED);
+
+-- name: ScheduleOverdue :one
+-- Whether any schedule row's time has come: when none has, a sweep has
+-- nothing to claim or re-evaluate. One probe of the due_at index.
+SELECT EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule WHERE due_at <= now()) AS overdue;
 
 -- name: ScheduleStranded :one
 -- Stranded steps as of their last evaluation, from the schedule's partial index.

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/stretchr/testify/require"
+
+	"retrysweeper/db"
+	"retrysweeper/internal/testdb"
+	"retrysweeper/statemachine"
+	"retrysweeper/sweeper"
+)
+
+// parkOutsideWindow makes one step waiting_for_retry the way another writer
+// would, with a transition older than any incremental adoption window, and
+// makes the full adoption pass due.
+func parkOutsideWindow(t *testing.T, pool *pgxpool.Pool) uuid.UUID {
+	t.Helper()
+	ctx := context.Background()
+	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+	testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
+	testdb.SetColumns(t, pool, step, testdb.StepColumns{
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+	_, err := pool.Exec(ctx, `UPDATE tasker.workflow_step_transitions SET created_at = created_at - interval '1 hour'
+		WHERE workflow_step_uuid = $1`, step)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `UPDATE tasker_sweeper.adoption
+		SET watermark = now(), last_full_pass = now() - interval '1 hour'`)
+	require.NoError(t, err)
+	return step
+}
+
+func scheduled(t *testing.T, pool *pgxpool.Pool, step uuid.UUID) bool {
+	t.Helper()
+	var ok bool
+	require.NoError(t, pool.QueryRow(context.Background(),
+		`SELECT EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = $1)`, step).Scan(&ok))
+	return ok
+}
+
+// The daemon's full adoption pass runs on its own timer, beside the
+// scheduler, and stops with the daemon.
+func TestFullAdoptionLoopAdoptsOldSteps(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	step := parkOutsideWindow(t, pool)
+	sw := sweeper.New(db.NewStore(pool), sweeper.DefaultConfig(), slog.New(slog.DiscardHandler), sweeper.Hooks{})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); fullAdoptionLoop(ctx, sw, func() bool { return true }, slog.New(slog.DiscardHandler)) }()
+	require.Eventually(t, func() bool { return scheduled(t, pool, step) }, 10*time.Second, 20*time.Millisecond)
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop did not stop with its context")
+	}
+}
+
+// `sweeper once` runs a due full adoption pass after its sweep.
+func TestOnceRunsDueFullAdoption(t *testing.T) {
+	t.Parallel()
+	pool, url := testdb.NewWithURL(t)
+	step := parkOutsideWindow(t, pool)
+	res := runBinary(t, []string{"DATABASE_URL=" + url}, "once", "--json")
+	require.Equal(t, 0, res.code, res.stderr)
+	require.True(t, scheduled(t, pool, step), "the full pass adopted the old step")
+	require.Contains(t, res.stderr, "full adoption pass")
+}
