@@ -280,12 +280,9 @@ const (
 // watermark only moves forward. The first pass ever is a full one.
 func (s *Store) Adopt(ctx context.Context) (sweeper.Adoption, error) {
 	var res sweeper.Adoption
-	if path, err := s.Path(ctx); err != nil || path != sweeper.PathSchedule {
+	state, ok, err := s.adoptionState(ctx)
+	if err != nil || !ok {
 		return res, err
-	}
-	state, err := s.q.AdoptionState(ctx)
-	if err != nil {
-		return res, fmt.Errorf("read adoption state: %w", translate(err))
 	}
 	if state.Watermark == nil {
 		return s.AdoptAll(ctx)
@@ -310,13 +307,10 @@ func (s *Store) Adopt(ctx context.Context) (sweeper.Adoption, error) {
 // without a schedule row gets one. One replica at a time: the others skip.
 func (s *Store) AdoptAll(ctx context.Context) (sweeper.Adoption, error) {
 	var res sweeper.Adoption
-	if path, err := s.Path(ctx); err != nil || path != sweeper.PathSchedule {
-		return res, err
-	}
 	// A plain read first, so the common "not due" answer takes no lock.
-	state, err := s.q.AdoptionState(ctx)
-	if err != nil {
-		return res, fmt.Errorf("read adoption state: %w", translate(err))
+	state, ok, err := s.adoptionState(ctx)
+	if err != nil || !ok {
+		return res, err
 	}
 	if state.Watermark != nil && !fullPassDue(state.LastFullPass, state.DbNow) {
 		return res, nil
@@ -346,6 +340,19 @@ func (s *Store) AdoptAll(ctx context.Context) (sweeper.Adoption, error) {
 		return sweeper.Adoption{}, fmt.Errorf("adopt every waiting step: %w", err)
 	}
 	return res, nil
+}
+
+// adoptionState reads where adoption has got to, without a lock; ok is
+// false on the scan path, which has no schedule to adopt into.
+func (s *Store) adoptionState(ctx context.Context) (state dbsqlc.AdoptionStateRow, ok bool, err error) {
+	if path, err := s.Path(ctx); err != nil || path != sweeper.PathSchedule {
+		return state, false, err
+	}
+	state, err = s.q.AdoptionState(ctx)
+	if err != nil {
+		return state, false, fmt.Errorf("read adoption state: %w", translate(err))
+	}
+	return state, true, nil
 }
 
 func fullPassDue(last *time.Time, now time.Time) bool {

@@ -158,6 +158,15 @@ func TestSweepReschedulesWhatItCannotMove(t *testing.T) {
 	require.Equal(t, int64(1), again.Stranded, "stranded count comes from the schedule")
 }
 
+// parkNotDue puts a step in waiting_for_retry the way a writer other than
+// the handler would (no schedule row), with 10 minutes of backoff left.
+func parkNotDue(t *testing.T, pool *pgxpool.Pool, step uuid.UUID) {
+	t.Helper()
+	testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
+	testdb.SetColumns(t, pool, step, testdb.StepColumns{
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+}
+
 // countingStore counts the batches a sweep asks for.
 type countingStore struct {
 	*db.Store
@@ -187,9 +196,7 @@ func TestIdleSweepWritesNothing(t *testing.T) {
 		pool := testdb.NewFor(t, objects)
 		ctx := context.Background()
 		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
-		testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
-		testdb.SetColumns(t, pool, step, testdb.StepColumns{
-			Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+		parkNotDue(t, pool, step)
 		store := &countingStore{Store: db.NewStore(pool)}
 		sw := sweeper.New(store, sweeper.DefaultConfig(), discard, sweeper.Hooks{})
 		_, err := sw.RunOnce(ctx, false) // the first ever: full adoption
@@ -246,9 +253,7 @@ func TestAdoptionWatermarkAdvances(t *testing.T) {
 
 	// Something adopted: it moves even though it is recent.
 	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
-	testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
-	testdb.SetColumns(t, pool, step, testdb.StepColumns{
-		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+	parkNotDue(t, pool, step)
 	sum, err := sw.RunOnce(ctx, false)
 	require.NoError(t, err)
 	require.Equal(t, 1, sum.Adopted)
@@ -270,9 +275,7 @@ func TestFullAdoptionPass(t *testing.T) {
 	// Parked by another writer long ago, as if its transaction had been
 	// open across many passes.
 	old := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
-	testdb.PlaceInState(t, pool, old, statemachine.WaitingForRetry, 0)
-	testdb.SetColumns(t, pool, old, testdb.StepColumns{
-		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+	parkNotDue(t, pool, old)
 	_, err = pool.Exec(ctx, `UPDATE tasker.workflow_step_transitions SET created_at = created_at - interval '1 hour'
 		WHERE workflow_step_uuid = $1`, old)
 	require.NoError(t, err)
