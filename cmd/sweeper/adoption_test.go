@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
 	"retrysweeper/db"
@@ -35,6 +38,13 @@ func parkOutsideWindow(t *testing.T, pool *pgxpool.Pool) uuid.UUID {
 	return step
 }
 
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, c.Write(&m))
+	return m.GetCounter().GetValue()
+}
+
 func scheduled(t *testing.T, pool *pgxpool.Pool, step uuid.UUID) bool {
 	t.Helper()
 	var ok bool
@@ -51,16 +61,39 @@ func TestFullAdoptionLoopAdoptsOldSteps(t *testing.T) {
 	step := parkOutsideWindow(t, pool)
 	sw := sweeper.New(db.NewStore(pool), sweeper.DefaultConfig(), slog.New(slog.DiscardHandler), sweeper.Hooks{})
 
+	m := newMetrics()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); fullAdoptionLoop(ctx, sw, func() bool { return true }, slog.New(slog.DiscardHandler)) }()
+	go func() {
+		defer close(done)
+		fullAdoptionLoop(ctx, sw, func() bool { return true }, m.fullPass, slog.New(slog.DiscardHandler))
+	}()
 	require.Eventually(t, func() bool { return scheduled(t, pool, step) }, 10*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool {
+		return counterValue(t, m.fullPasses.WithLabelValues("done")) == 1
+	}, 10*time.Second, 20*time.Millisecond)
+	require.Equal(t, 1.0, counterValue(t, m.adopted.WithLabelValues("full")))
 	cancel()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the loop did not stop with its context")
 	}
+}
+
+// A replica whose full pass finds another replica's running skips it, and
+// the metrics say so; a failed pass is counted as failed.
+func TestFullPassMetrics(t *testing.T) {
+	t.Parallel()
+	m := newMetrics()
+	m.fullPass(sweeper.Adoption{Skipped: true}, nil)
+	m.fullPass(sweeper.Adoption{}, nil) // not due: not a pass
+	m.fullPass(sweeper.Adoption{}, errors.New("connection refused"))
+	m.fullPass(sweeper.Adoption{Full: true, Adopted: 3}, nil)
+	require.Equal(t, 1.0, counterValue(t, m.fullPasses.WithLabelValues("skipped")))
+	require.Equal(t, 1.0, counterValue(t, m.fullPasses.WithLabelValues("failed")))
+	require.Equal(t, 1.0, counterValue(t, m.fullPasses.WithLabelValues("done")))
+	require.Equal(t, 3.0, counterValue(t, m.adopted.WithLabelValues("full")))
 }
 
 // `sweeper once` runs a due full adoption pass after its sweep.

@@ -228,7 +228,7 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	schedDone := make(chan struct{})
 	go func() { defer close(schedDone); sched.Run(runCtx) }()
 	adoptDone := make(chan struct{})
-	go func() { defer close(adoptDone); fullAdoptionLoop(runCtx, sw, health.Ready, logger) }()
+	go func() { defer close(adoptDone); fullAdoptionLoop(runCtx, sw, health.Ready, m.fullPass, logger) }()
 
 	var runErr error
 	select {
@@ -263,12 +263,19 @@ const fullAdoptionCheck = time.Minute
 // fullAdoptionLoop runs the full adoption passes beside the scheduler, not
 // inside a sweep: a pass over a million waiting steps takes seconds and
 // must not hold up the steps that are due meanwhile.
-func fullAdoptionLoop(ctx context.Context, sw *sweeper.Sweeper, ready func() bool, logger *slog.Logger) {
+// Each attempt's outcome goes to record (the metrics).
+func fullAdoptionLoop(ctx context.Context, sw *sweeper.Sweeper, ready func() bool,
+	record func(sweeper.Adoption, error), logger *slog.Logger) {
 	tick := time.NewTicker(fullAdoptionCheck)
 	defer tick.Stop()
 	for {
 		if ready() {
-			if _, err := sw.AdoptAll(ctx); err != nil && ctx.Err() == nil {
+			res, err := sw.AdoptAll(ctx)
+			if ctx.Err() != nil {
+				return // shutting down: a cancelled pass is not a failure
+			}
+			record(res, err)
+			if err != nil {
 				logger.Warn("full adoption pass failed; retrying later", slog.Any("error", err))
 			}
 		}

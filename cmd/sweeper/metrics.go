@@ -25,6 +25,8 @@ type metrics struct {
 	skippedTicks *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
 	databaseUp   prometheus.Gauge
+	adopted      *prometheus.CounterVec
+	fullPasses   *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -73,9 +75,17 @@ func newMetrics() *metrics {
 			Namespace: ns, Name: "database_up",
 			Help: "1 when the last database health check succeeded.",
 		}),
+		adopted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "steps_adopted_total",
+			Help: "Waiting steps parked by other writers that joined the schedule, by pass: sweep (each sweep's look at recent ones), full (the periodic pass over all).",
+		}, []string{"pass"}),
+		fullPasses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "full_adoption_passes_total",
+			Help: "Full adoption passes this process ran, by outcome: done, skipped (another replica was running one), failed.",
+		}, []string{"outcome"}),
 	}
 	m.registry.MustRegister(m.sweeps, m.transitioned, m.stranded, m.lostRaces, m.batches, m.duration, m.lag,
-		m.skippedTicks, m.decisions, m.databaseUp,
+		m.skippedTicks, m.decisions, m.databaseUp, m.adopted, m.fullPasses,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -111,11 +121,26 @@ func (m *metrics) sweepHooks() sweeper.Hooks {
 			if !sum.DryRun {
 				m.transitioned.Add(float64(sum.Transitioned))
 				m.lostRaces.Add(float64(sum.LostRaces))
+				m.adopted.WithLabelValues("sweep").Add(float64(sum.Adopted))
 			}
 			if err == nil {
 				m.stranded.Set(float64(sum.Stranded))
 			}
 		},
+	}
+}
+
+// fullPass records one attempt at a full adoption pass; a check that found
+// none due is not a pass.
+func (m *metrics) fullPass(res sweeper.Adoption, err error) {
+	switch {
+	case err != nil:
+		m.fullPasses.WithLabelValues("failed").Inc()
+	case res.Skipped:
+		m.fullPasses.WithLabelValues("skipped").Inc()
+	case res.Full:
+		m.fullPasses.WithLabelValues("done").Inc()
+		m.adopted.WithLabelValues("full").Add(float64(res.Adopted))
 	}
 }
 
