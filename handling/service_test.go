@@ -469,7 +469,8 @@ func TestHandleStepErrorDecisions(t *testing.T) {
 					require.NotNil(t, res.NextRetryAt)
 					require.Equal(t, after.LastAttemptedAt.Add(time.Duration(tc.wantBackoff)*time.Second), *res.NextRetryAt)
 				}
-				if tc.wantState == statemachine.WaitingForRetry && objects == testdb.WithSweeperObjects {
+				scheduled := tc.wantState == statemachine.WaitingForRetry && objects == testdb.WithSweeperObjects
+				if scheduled {
 					require.Equal(t, res.NextRetryAt, scheduledAt(t, pool, objects, step), "parked steps are scheduled")
 				} else {
 					require.Nil(t, scheduledAt(t, pool, objects, step), "only parked steps are scheduled")
@@ -492,6 +493,11 @@ func TestHandleStepErrorDecisions(t *testing.T) {
 				require.True(t, last.MostRecent)
 				require.JSONEq(t, tc.wantEvent, metaString(t, last.Metadata, "event"))
 				require.Equal(t, string(tc.wantCategory), last.Metadata["category"])
+				if scheduled {
+					require.Equal(t, true, last.Metadata["sweeper_scheduled"], "keeps the row out of adoption's index")
+				} else {
+					require.NotContains(t, last.Metadata, "sweeper_scheduled", "unscheduled rows stay adoptable")
+				}
 				if tc.wantBackoff != 0 {
 					require.Equal(t, float64(tc.wantBackoff), last.Metadata["backoff_seconds"])
 					require.Equal(t, string(tc.wantSource), last.Metadata["backoff_source"])

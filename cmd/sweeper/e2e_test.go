@@ -20,6 +20,7 @@ import (
 
 	"retrysweeper/internal/pgserver"
 	"retrysweeper/internal/testdb"
+	"retrysweeper/statemachine"
 )
 
 func freeAddr(t *testing.T) string {
@@ -307,6 +308,14 @@ func TestMigrateInstallsSweeperObjects(t *testing.T) {
 	require.Equal(t, "scan", decodeSummary(t, scan.stdout)["path"])
 	require.Contains(t, scan.stderr, "sweeper-owned objects missing")
 
+	// The inline handler parks a step while there is no schedule to put it on.
+	parked := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+	testdb.PlaceInState(t, pool, parked, statemachine.EnqueuedAsErrorForOrchestration, 0)
+	testdb.SetColumns(t, pool, parked, testdb.StepColumns{Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3)})
+	fail := runBinary(t, env, "fail", "--step", parked.String(), "--message", "connection reset", "--retry-after", "120")
+	require.Equal(t, 0, fail.code, fail.stderr)
+	require.Contains(t, fail.stdout, "TransitionedToWaitingForRetry")
+
 	first := runBinary(t, env, "migrate")
 	require.Equal(t, 0, first.code, first.stderr)
 	require.Contains(t, first.stdout, "sweeper: applied")
@@ -323,6 +332,10 @@ func TestMigrateInstallsSweeperObjects(t *testing.T) {
 	require.Equal(t, 0, sweep.code, sweep.stderr)
 	sum := decodeSummary(t, sweep.stdout)
 	require.Equal(t, "schedule", sum["path"])
-	require.EqualValues(t, 20, sum["adopted"], "steps parked before the install are adopted")
-	require.EqualValues(t, 20, sum["transitioned"])
+	require.EqualValues(t, 21, sum["adopted"], "steps parked before the install are adopted, the handler's too")
+	require.EqualValues(t, 20, sum["transitioned"], "all but the handler's, whose Retry-After is 2 minutes")
+	var due time.Time
+	require.NoError(t, pool.QueryRow(context.Background(),
+		`SELECT due_at FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = $1`, parked).Scan(&due))
+	require.WithinDuration(t, time.Now().UTC().Add(2*time.Minute), due, 30*time.Second)
 }

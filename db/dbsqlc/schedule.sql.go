@@ -109,7 +109,11 @@ WITH locked AS (
         step.workflow_step_uuid,
         $5::varchar,
         $2::varchar,
-        $6::jsonb,
+        -- A parked step's transition says it is scheduled, which keeps it
+        -- out of adoption's index (tasker_sweeper_waiting_unscheduled).
+        CASE WHEN $5::varchar = 'waiting_for_retry'
+             THEN $6::jsonb || '{"sweeper_scheduled": true}'::jsonb
+             ELSE $6::jsonb END,
         (SELECT coalesce(max(t.sort_key), 0) + 1
          FROM tasker.workflow_step_transitions t
          WHERE t.workflow_step_uuid = step.workflow_step_uuid),
@@ -196,6 +200,7 @@ WITH adopted AS (
     JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = cur.workflow_step_uuid
     WHERE cur.most_recent
       AND cur.to_state = 'waiting_for_retry'
+      AND (cur.metadata ->> 'sweeper_scheduled') IS NULL
       AND cur.created_at >= $1::timestamp
     -- Steps already scheduled are skipped by the primary key, one index
     -- probe each. (A NOT EXISTS here let the planner, trusting the empty
@@ -215,7 +220,8 @@ type ScheduleAdoptRow struct {
 // orchestrator's own error handling, steps parked before the sweeper was
 // installed): every current waiting row created at or after @since that has
 // no schedule row gets one, at its real due time. The partial index
-// tasker_sweeper_waiting_for_retry makes this proportional to the window.
+// tasker_sweeper_waiting_unscheduled makes this proportional to the window;
+// rows the inline handler scheduled itself are not in it.
 func (q *Queries) ScheduleAdopt(ctx context.Context, since time.Time) (ScheduleAdoptRow, error) {
 	row := q.db.QueryRow(ctx, scheduleAdopt, since)
 	var i ScheduleAdoptRow
@@ -333,7 +339,7 @@ func (q *Queries) ScheduleOverdue(ctx context.Context) (bool, error) {
 const schedulePresent = `-- name: SchedulePresent :one
 
 SELECT (to_regclass('tasker_sweeper.retry_schedule') IS NOT NULL
-        AND to_regclass('tasker.tasker_sweeper_waiting_for_retry') IS NOT NULL)::boolean AS present
+        AND to_regclass('tasker.tasker_sweeper_waiting_unscheduled') IS NOT NULL)::boolean AS present
 `
 
 // Queries on the sweeper-owned retry schedule (db/migrations/sweeper). They
@@ -350,6 +356,7 @@ const scheduleReschedule = `-- name: ScheduleReschedule :one
 WITH candidates AS (
     SELECT
         s.workflow_step_uuid,
+        s.updated_at AS seen_updated_at,
         cur.to_state,
         (coalesce(ws.attempts, 0) = 0
          OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3))) AS eligible,
@@ -380,6 +387,7 @@ WITH candidates AS (
     WHERE s.workflow_step_uuid = c.workflow_step_uuid
       AND c.to_state IS DISTINCT FROM 'waiting_for_retry'
       AND s.due_at <= now()
+      AND s.updated_at = c.seen_updated_at
     RETURNING 1
 ), deferred AS (
     UPDATE tasker_sweeper.retry_schedule s
@@ -392,6 +400,7 @@ WITH candidates AS (
       AND c.to_state = 'waiting_for_retry'
       AND NOT (c.eligible AND c.unblocked AND c.real_due <= now())
       AND s.due_at <= now()
+      AND s.updated_at = c.seen_updated_at
     RETURNING 1
 )
 SELECT
@@ -418,7 +427,9 @@ type ScheduleRescheduleRow struct {
 // blocked (parents, processed, in process) or not retry-eligible (stranded)
 // are looked at again after @recheck_seconds. Rows that are movable right now
 // are neither changed nor locked: a concurrent sweeper's claim must never
-// skip them because this statement holds them.
+// skip them because this statement holds them. A row the inline handler
+// rewrote since it was read (it re-parked the step) is left alone: the
+// decision was made on the step as it was.
 func (q *Queries) ScheduleReschedule(ctx context.Context, arg ScheduleRescheduleParams) (ScheduleRescheduleRow, error) {
 	row := q.db.QueryRow(ctx, scheduleReschedule, arg.BatchLimit, arg.RecheckSeconds)
 	var i ScheduleRescheduleRow

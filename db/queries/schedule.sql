@@ -4,7 +4,7 @@
 -- name: SchedulePresent :one
 -- Whether the sweeper-owned objects are installed in this database.
 SELECT (to_regclass('tasker_sweeper.retry_schedule') IS NOT NULL
-        AND to_regclass('tasker.tasker_sweeper_waiting_for_retry') IS NOT NULL)::boolean AS present;
+        AND to_regclass('tasker.tasker_sweeper_waiting_unscheduled') IS NOT NULL)::boolean AS present;
 
 -- name: ScheduleClaimDue :many
 -- SweepClaimDue driven by the schedule: candidates come from the due_at
@@ -116,7 +116,11 @@ WITH locked AS (
         step.workflow_step_uuid,
         @to_state::varchar,
         @from_state::varchar,
-        @metadata::jsonb,
+        -- A parked step's transition says it is scheduled, which keeps it
+        -- out of adoption's index (tasker_sweeper_waiting_unscheduled).
+        CASE WHEN @to_state::varchar = 'waiting_for_retry'
+             THEN @metadata::jsonb || '{"sweeper_scheduled": true}'::jsonb
+             ELSE @metadata::jsonb END,
         (SELECT coalesce(max(t.sort_key), 0) + 1
          FROM tasker.workflow_step_transitions t
          WHERE t.workflow_step_uuid = step.workflow_step_uuid),
@@ -151,10 +155,13 @@ FROM locked;
 -- blocked (parents, processed, in process) or not retry-eligible (stranded)
 -- are looked at again after @recheck_seconds. Rows that are movable right now
 -- are neither changed nor locked: a concurrent sweeper's claim must never
--- skip them because this statement holds them.
+-- skip them because this statement holds them. A row the inline handler
+-- rewrote since it was read (it re-parked the step) is left alone: the
+-- decision was made on the step as it was.
 WITH candidates AS (
     SELECT
         s.workflow_step_uuid,
+        s.updated_at AS seen_updated_at,
         cur.to_state,
         (coalesce(ws.attempts, 0) = 0
          OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3))) AS eligible,
@@ -185,6 +192,7 @@ WITH candidates AS (
     WHERE s.workflow_step_uuid = c.workflow_step_uuid
       AND c.to_state IS DISTINCT FROM 'waiting_for_retry'
       AND s.due_at <= now()
+      AND s.updated_at = c.seen_updated_at
     RETURNING 1
 ), deferred AS (
     UPDATE tasker_sweeper.retry_schedule s
@@ -197,6 +205,7 @@ WITH candidates AS (
       AND c.to_state = 'waiting_for_retry'
       AND NOT (c.eligible AND c.unblocked AND c.real_due <= now())
       AND s.due_at <= now()
+      AND s.updated_at = c.seen_updated_at
     RETURNING 1
 )
 SELECT
@@ -209,7 +218,8 @@ SELECT
 -- orchestrator's own error handling, steps parked before the sweeper was
 -- installed): every current waiting row created at or after @since that has
 -- no schedule row gets one, at its real due time. The partial index
--- tasker_sweeper_waiting_for_retry makes this proportional to the window.
+-- tasker_sweeper_waiting_unscheduled makes this proportional to the window;
+-- rows the inline handler scheduled itself are not in it.
 WITH adopted AS (
     INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at, stranded, updated_at)
     SELECT
@@ -228,6 +238,7 @@ WITH adopted AS (
     JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = cur.workflow_step_uuid
     WHERE cur.most_recent
       AND cur.to_state = 'waiting_for_retry'
+      AND (cur.metadata ->> 'sweeper_scheduled') IS NULL
       AND cur.created_at >= @since::timestamp
     -- Steps already scheduled are skipped by the primary key, one index
     -- probe each. (A NOT EXISTS here let the planner, trusting the empty
