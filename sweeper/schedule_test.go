@@ -33,6 +33,18 @@ func scheduleOf(t *testing.T, pool *pgxpool.Pool, step uuid.UUID) (scheduleRow, 
 	return r, true
 }
 
+// afterFirstSweep is a database with the sweeper-owned objects that a
+// sweeper has swept once (so its first, full adoption pass is behind it).
+func afterFirstSweep(t *testing.T) (*pgxpool.Pool, *sweeper.Sweeper) {
+	t.Helper()
+	pool := testdb.New(t)
+	sw := newSweeper(pool)
+	sum, err := sw.RunOnce(context.Background(), false)
+	require.NoError(t, err)
+	require.Equal(t, sweeper.PathSchedule, sum.Path)
+	return pool, sw
+}
+
 func newSweeper(pool *pgxpool.Pool) *sweeper.Sweeper {
 	return sweeper.New(db.NewStore(pool), sweeper.Config{BatchSize: 100, Workers: 2, BatchTimeout: 10 * time.Second}, discard, sweeper.Hooks{})
 }
@@ -111,11 +123,8 @@ func TestSweepAdoptsStepsParkedByOtherWriters(t *testing.T) {
 // real due time is adopted, blocked and stranded steps wait for a re-check.
 func TestSweepReschedulesWhatItCannotMove(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
+	pool, sw := afterFirstSweep(t)
 	ctx := context.Background()
-	sw := newSweeper(pool)
-	_, err := sw.RunOnce(ctx, false)
-	require.NoError(t, err)
 
 	i32 := testdb.Ptr[int32]
 	task := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 5, Edges: [][2]int{{0, 4}}})
@@ -128,7 +137,7 @@ func TestSweepReschedulesWhatItCannotMove(t *testing.T) {
 	testdb.PlaceInState(t, pool, blocked, statemachine.WaitingForRetry, 0)
 	testdb.SetColumns(t, pool, blocked, testdb.StepColumns{Attempts: i32(1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
 	// Stale hints: every row claims to be due now.
-	_, err = pool.Exec(ctx, `INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at)
+	_, err := pool.Exec(ctx, `INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at)
 		SELECT unnest($1::uuid[]), now() - interval '1 second'`, []uuid.UUID{gone, later, stranded, blocked})
 	require.NoError(t, err)
 
@@ -235,16 +244,13 @@ func TestIdleSweepWritesNothing(t *testing.T) {
 // even if nothing was found, so the window a pass re-reads stays small.
 func TestAdoptionWatermarkAdvances(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
+	pool, sw := afterFirstSweep(t)
 	ctx := context.Background()
-	sw := newSweeper(pool)
-	_, err := sw.RunOnce(ctx, false)
-	require.NoError(t, err)
 	_, first, _ := adoptionRow(t, pool)
 	require.NotNil(t, first)
 
 	// Old watermark, nothing to adopt: it still moves up to now.
-	_, err = pool.Exec(ctx, `UPDATE tasker_sweeper.adoption SET watermark = watermark - interval '30 seconds'`)
+	_, err := pool.Exec(ctx, `UPDATE tasker_sweeper.adoption SET watermark = watermark - interval '30 seconds'`)
 	require.NoError(t, err)
 	_, err = sw.RunOnce(ctx, false)
 	require.NoError(t, err)
@@ -266,17 +272,14 @@ func TestAdoptionWatermarkAdvances(t *testing.T) {
 // a replica's full pass never blocks another's incremental pass.
 func TestFullAdoptionPass(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
+	pool, sw := afterFirstSweep(t)
 	ctx := context.Background()
-	sw := newSweeper(pool)
-	_, err := sw.RunOnce(ctx, false)
-	require.NoError(t, err)
 
 	// Parked by another writer long ago, as if its transaction had been
 	// open across many passes.
 	old := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	parkNotDue(t, pool, old)
-	_, err = pool.Exec(ctx, `UPDATE tasker.workflow_step_transitions SET created_at = created_at - interval '1 hour'
+	_, err := pool.Exec(ctx, `UPDATE tasker.workflow_step_transitions SET created_at = created_at - interval '1 hour'
 		WHERE workflow_step_uuid = $1`, old)
 	require.NoError(t, err)
 

@@ -381,4 +381,3 @@ FROM tasker.workflow_step_transitions`).Scan(&pendingRows, &mostRecent, &multi))
 	require.Equal(t, steps, mostRecent)
 	require.Zero(t, multi)
 }
-
