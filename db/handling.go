@@ -59,11 +59,7 @@ func (s *Store) ApplyFailure(ctx context.Context, w handling.FailureWrite) (hand
 
 // applyFailureScheduled is the hot path: one statement, one round trip.
 func (s *Store) applyFailureScheduled(ctx context.Context, w handling.FailureWrite) (handling.Applied, error) {
-	to, err := statemachine.Next(w.From, w.Event.Type)
-	if err != nil {
-		return handling.Applied{}, err
-	}
-	meta, err := statemachine.Metadata(*w.Event, time.Now(), w.Provenance)
+	to, meta, err := Transition{StepUUID: w.StepUUID, From: w.From, Event: *w.Event, Provenance: w.Provenance}.target()
 	if err != nil {
 		return handling.Applied{}, err
 	}

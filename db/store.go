@@ -103,6 +103,17 @@ type Transition struct {
 	Provenance map[string]any
 }
 
+// target is the state tr leads to and the metadata of its row; an illegal
+// (state, event) pair is statemachine.ErrInvalidTransition.
+func (tr Transition) target() (statemachine.State, []byte, error) {
+	to, err := statemachine.Next(tr.From, tr.Event.Type)
+	if err != nil {
+		return "", nil, err
+	}
+	meta, err := statemachine.Metadata(tr.Event, time.Now(), tr.Provenance)
+	return to, meta, err
+}
+
 // TransitionResult describes the row a successful Transition appended.
 type TransitionResult struct {
 	TransitionUUID uuid.UUID
@@ -123,11 +134,7 @@ func (s *Store) WriteTransition(ctx context.Context, tr Transition) (TransitionR
 // writeTransition runs the CAS write on q, which may be bound to a larger
 // transaction (the inline handler writes the backoff columns in the same one).
 func writeTransition(ctx context.Context, q *dbsqlc.Queries, tr Transition) (TransitionResult, error) {
-	to, err := statemachine.Next(tr.From, tr.Event.Type)
-	if err != nil {
-		return TransitionResult{}, fmt.Errorf("transition step %s: %w", tr.StepUUID, err)
-	}
-	meta, err := statemachine.Metadata(tr.Event, time.Now(), tr.Provenance)
+	to, meta, err := tr.target()
 	if err != nil {
 		return TransitionResult{}, fmt.Errorf("transition step %s: %w", tr.StepUUID, err)
 	}

@@ -93,27 +93,30 @@ func (s *Store) MoveDueBatch(ctx context.Context, b sweeper.Batch) (sweeper.Batc
 }
 
 func claimBatch(ctx context.Context, q *dbsqlc.Queries, path sweeper.Path, b sweeper.Batch) ([]claim, error) {
-	var out []claim
 	switch {
 	case b.OnlyStep != nil:
-		rows, err := q.StepClaimForRetry(ctx, dbsqlc.StepClaimForRetryParams{WorkflowStepUUID: *b.OnlyStep, Force: b.Force})
-		for _, r := range rows {
-			out = append(out, claim{r.WorkflowStepUUID, r.TaskUUID, r.DueAt})
-		}
-		return out, err
+		return claims(q.StepClaimForRetry(ctx, dbsqlc.StepClaimForRetryParams{WorkflowStepUUID: *b.OnlyStep, Force: b.Force}))
 	case path == sweeper.PathSchedule:
-		rows, err := q.ScheduleClaimDue(ctx, int32(b.Limit))
-		for _, r := range rows {
-			out = append(out, claim{r.WorkflowStepUUID, r.TaskUUID, r.DueAt})
-		}
-		return out, err
+		return claims(q.ScheduleClaimDue(ctx, int32(b.Limit)))
 	default:
-		rows, err := q.SweepClaimDue(ctx, int32(b.Limit))
-		for _, r := range rows {
-			out = append(out, claim{r.WorkflowStepUUID, r.TaskUUID, r.DueAt})
-		}
-		return out, err
+		return claims(q.SweepClaimDue(ctx, int32(b.Limit)))
 	}
+}
+
+// claimRow is the shape every claim query returns.
+type claimRow = struct {
+	WorkflowStepUUID uuid.UUID
+	TaskUUID         uuid.UUID
+	DueAt            time.Time
+}
+
+func claims[R ~claimRow](rows []R, err error) ([]claim, error) {
+	out := make([]claim, len(rows))
+	for i, row := range rows {
+		r := claimRow(row)
+		out[i] = claim{r.WorkflowStepUUID, r.TaskUUID, r.DueAt}
+	}
+	return out, err
 }
 
 // moveClaimed moves the claimed steps to pending in one statement; a step
@@ -218,35 +221,20 @@ func (s *Store) Stranded(ctx context.Context, sample int) (int64, []sweeper.Stra
 	if err != nil {
 		return 0, nil, err
 	}
-	var count int64
-	var steps []sweeper.StrandedStep
 	if path == sweeper.PathSchedule {
-		if count, err = s.q.ScheduleStranded(ctx); err != nil {
+		count, err := s.q.ScheduleStranded(ctx)
+		if err != nil {
 			return 0, nil, fmt.Errorf("count stranded steps: %w", translate(err))
 		}
 		if count == 0 {
 			return 0, nil, nil
 		}
-		rows, err := s.q.ScheduleStrandedSample(ctx, int32(sample))
-		if err != nil {
-			return 0, nil, fmt.Errorf("list stranded steps: %w", translate(err))
-		}
-		for _, r := range rows {
-			steps = append(steps, sweeper.StrandedStep{StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID,
-				Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable})
-		}
-		return count, steps, nil
+		steps, err := s.strandedSample(ctx, path, sample)
+		return count, steps, err
 	}
-	rows, err := s.q.SweepStrandedSample(ctx, int32(sample))
-	if err != nil {
-		return 0, nil, fmt.Errorf("list stranded steps: %w", translate(err))
-	}
-	if len(rows) == 0 {
-		return 0, nil, nil
-	}
-	for _, r := range rows {
-		steps = append(steps, sweeper.StrandedStep{StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID,
-			Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable})
+	steps, err := s.strandedSample(ctx, path, sample)
+	if err != nil || len(steps) == 0 {
+		return 0, nil, err
 	}
 	counts, err := s.CountDue(ctx)
 	if err != nil {
@@ -257,9 +245,50 @@ func (s *Store) Stranded(ctx context.Context, sample int) (int64, []sweeper.Stra
 
 // StrandedSample lists up to limit stranded steps (for `sweeper status`).
 func (s *Store) StrandedSample(ctx context.Context, limit int) ([]sweeper.StrandedStep, error) {
-	_, steps, err := s.Stranded(ctx, limit)
-	return steps, err
+	path, err := s.Path(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return s.strandedSample(ctx, path, limit)
 }
+
+func (s *Store) strandedSample(ctx context.Context, path sweeper.Path, limit int) ([]sweeper.StrandedStep, error) {
+	var steps []sweeper.StrandedStep
+	if path == sweeper.PathSchedule {
+		rows, err := s.q.ScheduleStrandedSample(ctx, int32(limit))
+		if err != nil {
+			return nil, fmt.Errorf("list stranded steps: %w", translate(err))
+		}
+		steps = strandedSteps(rows)
+	} else {
+		rows, err := s.q.SweepStrandedSample(ctx, int32(limit))
+		if err != nil {
+			return nil, fmt.Errorf("list stranded steps: %w", translate(err))
+		}
+		steps = strandedSteps(rows)
+	}
+	return steps, nil
+}
+
+// strandedRow is the shape both stranded-sample queries return.
+type strandedRow = struct {
+	WorkflowStepUUID uuid.UUID
+	TaskUUID         uuid.UUID
+	Attempts         *int32
+	MaxAttempts      *int32
+	Retryable        bool
+}
+
+func strandedSteps[R ~strandedRow](rows []R) []sweeper.StrandedStep {
+	steps := make([]sweeper.StrandedStep, len(rows))
+	for i, row := range rows {
+		r := strandedRow(row)
+		steps[i] = sweeper.StrandedStep{StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID,
+			Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable}
+	}
+	return steps
+}
+
 
 // Adoption tuning. The margin covers writers whose transaction started
 // (and stamped created_at) before the previous pass but committed after it;

@@ -131,12 +131,7 @@ SELECT coalesce((SELECT to_state FROM tasker.workflow_step_transitions
 // transaction: both must behave the same.
 func bothPaths(t *testing.T, test func(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects)) {
 	t.Helper()
-	for _, objects := range []testdb.Objects{testdb.WithSweeperObjects, testdb.TaskerOnly} {
-		t.Run(objects.String(), func(t *testing.T) {
-			t.Parallel()
-			test(t, testdb.NewFor(t, objects), objects)
-		})
-	}
+	testdb.BothPaths(t, func(t *testing.T, objects testdb.Objects) { test(t, testdb.NewFor(t, objects), objects) })
 }
 
 // scheduledAt is the step's due time on the sweeper's schedule, nil when it

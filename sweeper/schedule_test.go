@@ -201,7 +201,7 @@ func adoptionRow(t *testing.T, pool *pgxpool.Pool) (xmin string, watermark, last
 // the watermark is recent. The scan path cannot tell and always looks.
 func TestIdleSweepWritesNothing(t *testing.T) {
 	t.Parallel()
-	bothPaths(t, func(t *testing.T, objects testdb.Objects) {
+	testdb.BothPaths(t, func(t *testing.T, objects testdb.Objects) {
 		pool := testdb.NewFor(t, objects)
 		ctx := context.Background()
 		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]

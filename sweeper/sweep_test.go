@@ -233,21 +233,9 @@ func tasksOf(fx []ruleFixture) []uuid.UUID {
 	return out
 }
 
-// bothPaths runs a test against a database with the sweeper-owned objects
-// (schedule path) and one without (scan path): both must be parity-exact.
-func bothPaths(t *testing.T, test func(t *testing.T, objects testdb.Objects)) {
-	t.Helper()
-	for _, objects := range []testdb.Objects{testdb.WithSweeperObjects, testdb.TaskerOnly} {
-		t.Run(objects.String(), func(t *testing.T) {
-			t.Parallel()
-			test(t, objects)
-		})
-	}
-}
-
 func TestSweepMovesExactlyTheDueSteps(t *testing.T) {
 	t.Parallel()
-	bothPaths(t, testSweepMovesExactlyTheDueSteps)
+	testdb.BothPaths(t, testSweepMovesExactlyTheDueSteps)
 }
 
 func testSweepMovesExactlyTheDueSteps(t *testing.T, objects testdb.Objects) {
@@ -340,7 +328,7 @@ func testSweepMovesExactlyTheDueSteps(t *testing.T, objects testdb.Objects) {
 // the binary's end-to-end test) move every step exactly once.
 func TestConcurrentSweepersMoveEachStepOnce(t *testing.T) {
 	t.Parallel()
-	bothPaths(t, testConcurrentSweepersMoveEachStepOnce)
+	testdb.BothPaths(t, testConcurrentSweepersMoveEachStepOnce)
 }
 
 func testConcurrentSweepersMoveEachStepOnce(t *testing.T, objects testdb.Objects) {

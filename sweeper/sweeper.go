@@ -104,8 +104,8 @@ type Rescheduled struct {
 
 // Store is what a sweep needs from the database.
 type Store interface {
-	// Path says how due steps are found; it decides whether Adopt and
-	// Reschedule do anything.
+	// Path says how due steps are found; it decides whether Adopt, AdoptAll,
+	// MaybeDue and Reschedule do anything.
 	Path(ctx context.Context) (Path, error)
 	// MoveDueBatch claims up to b.Limit due steps with FOR UPDATE SKIP LOCKED
 	// and moves them to pending in one transaction.

@@ -55,8 +55,6 @@ func runOnce(ctx context.Context, e env, args []string) error {
 	}
 	// After the sweep, so its due steps never wait for it: the periodic
 	// full adoption pass, when one is due (the daemon runs it on a timer).
-	if _, err := sw.AdoptAll(ctx); err != nil {
-		return err
-	}
-	return nil
+	_, err = sw.AdoptAll(ctx)
+	return err
 }

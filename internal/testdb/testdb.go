@@ -114,6 +114,18 @@ func (o Objects) String() string {
 	return "schedule path (sweeper-owned objects)"
 }
 
+// BothPaths runs test as a parallel subtest on each variant: with the
+// sweeper-owned objects (the schedule path) and without (the scan path).
+func BothPaths(t *testing.T, test func(t *testing.T, objects Objects)) {
+	t.Helper()
+	for _, objects := range []Objects{WithSweeperObjects, TaskerOnly} {
+		t.Run(objects.String(), func(t *testing.T) {
+			t.Parallel()
+			test(t, objects)
+		})
+	}
+}
+
 // Migrator builds a template database with the given migration sets.
 func Migrator(objects Objects) pgtestdb.Migrator {
 	sets := []migrations.Set{migrations.TaskerSubset}
