@@ -1,4 +1,4 @@
-module retrysweeper
+module github.com/tasker-sweeper/retrysweeper
 
 go 1.26.0
 

@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"pgregory.net/rapid"
 
-	"retrysweeper/backoff"
+	"github.com/tasker-sweeper/retrysweeper/backoff"
 )
 
 // fixedRand returns the same draw every time, so a jittered delay is reproducible.

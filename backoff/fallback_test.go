@@ -7,7 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/backoff"
+	"github.com/tasker-sweeper/retrysweeper/backoff"
 )
 
 func TestFallbackDueTime(t *testing.T) {

@@ -7,7 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/backoff"
+	"github.com/tasker-sweeper/retrysweeper/backoff"
 )
 
 // now has a sub-second part so that date delays exercise the round-up.

@@ -11,7 +11,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // dueStepsSQL selects due steps with exactly the due rule of SPEC §7, as

@@ -16,9 +16,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"retrysweeper/db"
-	"retrysweeper/db/migrations"
-	"retrysweeper/internal/pgserver"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/db/migrations"
+	"github.com/tasker-sweeper/retrysweeper/internal/pgserver"
 )
 
 // bench is one invocation: its options, sizes, server, sweeper binary and
@@ -184,7 +184,7 @@ func isFile(p string) bool {
 }
 
 // moduleRoot walks up from the working directory to the go.mod of the
-// retrysweeper module.
+// github.com/tasker-sweeper/retrysweeper module.
 func moduleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
@@ -192,12 +192,12 @@ func moduleRoot() (string, error) {
 	}
 	for {
 		raw, err := os.ReadFile(filepath.Join(dir, "go.mod"))
-		if err == nil && strings.HasPrefix(strings.TrimSpace(string(raw)), "module retrysweeper") {
+		if err == nil && strings.HasPrefix(strings.TrimSpace(string(raw)), "module github.com/tasker-sweeper/retrysweeper") {
 			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("run the benchmark from inside the retrysweeper module (or pass -sweeper)")
+			return "", errors.New("run the benchmark from inside the github.com/tasker-sweeper/retrysweeper module (or pass -sweeper)")
 		}
 		dir = parent
 	}

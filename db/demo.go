@@ -13,8 +13,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"retrysweeper/db/dbsqlc"
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/db/dbsqlc"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // DemoSeed is a demo workload to write: one namespace and named task, the

@@ -7,7 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // ErrSerialization means the database aborted the transaction to keep it

@@ -9,10 +9,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"retrysweeper/db/dbsqlc"
-	"retrysweeper/handling"
-	"retrysweeper/statemachine"
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/db/dbsqlc"
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 var _ handling.Store = (*Store)(nil)

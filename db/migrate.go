@@ -11,7 +11,7 @@ import (
 	"github.com/pressly/goose/v3/database"
 	"github.com/pressly/goose/v3/lock"
 
-	"retrysweeper/db/migrations"
+	"github.com/tasker-sweeper/retrysweeper/db/migrations"
 )
 
 // MigrationResult names the migrations one Migrate call applied.

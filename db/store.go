@@ -15,9 +15,9 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"retrysweeper/db/dbsqlc"
-	"retrysweeper/statemachine"
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/db/dbsqlc"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 // Store reads and writes tasker steps through one pool.

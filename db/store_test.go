@@ -13,10 +13,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/db"
-	"retrysweeper/db/migrations"
-	"retrysweeper/internal/testdb"
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/db/migrations"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 func TestMain(m *testing.M) { testdb.Main(m) }

@@ -10,9 +10,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
-	"retrysweeper/db/dbsqlc"
-	"retrysweeper/statemachine"
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/db/dbsqlc"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 var _ sweeper.Store = (*Store)(nil)
@@ -288,7 +288,6 @@ func strandedSteps[R ~strandedRow](rows []R) []sweeper.StrandedStep {
 	}
 	return steps
 }
-
 
 // Adoption tuning. The margin covers writers whose transaction started
 // (and stamped created_at) before the previous pass but committed after it;

@@ -6,10 +6,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/db"
-	"retrysweeper/db/dbsqlc"
-	"retrysweeper/internal/testdb"
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/db/dbsqlc"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // The due condition is "next retry time <= now()": a step whose backoff

@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"pgregory.net/rapid"
 
-	"retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/handling"
 )
 
 func TestStandardClassifierRules(t *testing.T) {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"retrysweeper/backoff"
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/backoff"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // ErrConflict means the step is in a state where the failure cannot be

@@ -14,11 +14,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/backoff"
-	"retrysweeper/db"
-	"retrysweeper/handling"
-	"retrysweeper/internal/testdb"
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/backoff"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // failedHistory is how many transition rows PlaceInState writes for a step in

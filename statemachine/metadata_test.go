@@ -7,7 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 func TestMetadata(t *testing.T) {

@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"pgregory.net/rapid"
 
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // Expected targets, spelled as the database spells them. xxxx marks a pair

@@ -3,7 +3,7 @@ package sweeper_test
 import (
 	"testing"
 
-	"retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
 )
 
 func TestMain(m *testing.M) { testdb.Main(m) }

@@ -10,10 +10,10 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/db"
-	"retrysweeper/internal/testdb"
-	"retrysweeper/statemachine"
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 // With a notify channel, a listener hears the task ids of every moved step,

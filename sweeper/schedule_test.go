@@ -10,11 +10,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/db"
-	"retrysweeper/handling"
-	"retrysweeper/internal/testdb"
-	"retrysweeper/statemachine"
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 type scheduleRow struct {

@@ -9,9 +9,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/db"
-	"retrysweeper/internal/testdb"
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 // gatedStore is the real store with a gate in front of MoveDueBatch: the

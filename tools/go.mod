@@ -1,4 +1,4 @@
-module retrysweeper/tools
+module github.com/tasker-sweeper/retrysweeper/tools
 
 go 1.26.0
 

@@ -15,12 +15,12 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"retrysweeper/db"
-	"retrysweeper/db/migrations"
-	"retrysweeper/handling"
-	"retrysweeper/internal/pgserver"
-	"retrysweeper/statemachine"
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/db/migrations"
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/pgserver"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 // demoConfig is `sweeper demo`'s validated flags.

@@ -9,8 +9,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"retrysweeper/handling"
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // runFail is `sweeper fail`: the inline handler from a shell. Exit 0 when the

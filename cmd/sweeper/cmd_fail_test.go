@@ -8,9 +8,9 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/handling"
-	"retrysweeper/internal/testdb"
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 func TestFailCommandExitCodes(t *testing.T) {

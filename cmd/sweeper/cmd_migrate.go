@@ -5,8 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 
-	"retrysweeper/db"
-	"retrysweeper/db/migrations"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/db/migrations"
 )
 
 // runMigrate is `sweeper migrate`. By default it applies only sweeper-owned

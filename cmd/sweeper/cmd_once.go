@@ -5,7 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 // runOnce is `sweeper once`: one sweep now, its summary on stdout. Exit 0 on

@@ -12,9 +12,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"retrysweeper/db"
-	"retrysweeper/handling"
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 // daemonConfig is everything `sweeper run` (and `sweeper demo`) needs.

@@ -7,7 +7,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // strandedListSize is how many stranded steps `sweeper status` lists.

@@ -13,9 +13,9 @@ import (
 
 	"github.com/lmittmann/tint"
 
-	"retrysweeper/backoff"
-	"retrysweeper/db"
-	"retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/backoff"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/handling"
 )
 
 // errHelp ends a command that only printed its help: exit 0.

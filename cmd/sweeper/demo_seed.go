@@ -11,9 +11,9 @@ import (
 
 	"github.com/google/uuid"
 
-	"retrysweeper/db"
-	"retrysweeper/handling"
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // demoStepNames are the four steps of every demo task, run in this order

@@ -18,9 +18,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
-	"retrysweeper/internal/pgserver"
-	"retrysweeper/internal/testdb"
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/internal/pgserver"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 func freeAddr(t *testing.T) string {

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
 )
 
 // sweeperBin is the sweeper binary built once for the end-to-end tests,

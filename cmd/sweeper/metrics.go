@@ -7,8 +7,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"retrysweeper/handling"
-	"retrysweeper/sweeper"
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 // metrics are the daemon's Prometheus series, on a registry of its own so

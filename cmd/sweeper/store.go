@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/db"
 )
 
 // connectTimeout bounds how long a one-shot command waits for the database.

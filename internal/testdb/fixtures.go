@@ -9,7 +9,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"retrysweeper/statemachine"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // TaskSpec describes a task to create: how many steps, and which steps are

@@ -25,9 +25,9 @@ import (
 	"github.com/peterldowns/pgtestdb/migrators/goosemigrator"
 	"go.uber.org/goleak"
 
-	"retrysweeper/db"
-	"retrysweeper/db/migrations"
-	"retrysweeper/internal/pgserver"
+	"github.com/tasker-sweeper/retrysweeper/db"
+	"github.com/tasker-sweeper/retrysweeper/db/migrations"
+	"github.com/tasker-sweeper/retrysweeper/internal/pgserver"
 )
 
 // ServerTimeZone is the zone the private test server runs in.
