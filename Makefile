@@ -26,11 +26,13 @@ $(LINT): tools/go.mod tools/go.sum
 tools: $(SQLC) $(LINT) ## Build the pinned tools (sqlc, golangci-lint) into bin/
 
 .PHONY: generate
-generate: $(SQLC) ## Regenerate the sqlc code from db/queries and the migrations
+generate: $(SQLC) ## Render the query templates (db/queries/templates), then regenerate the sqlc code
+	$(GO) run ./internal/sqltemplate -dir db/queries
 	$(SQLC) generate
 
 .PHONY: check-generated
-check-generated: $(SQLC) ## Fail if the generated sqlc code is out of date
+check-generated: $(SQLC) ## Fail if the rendered queries or the generated sqlc code are out of date
+	$(GO) run ./internal/sqltemplate -dir db/queries -check
 	$(SQLC) diff
 
 .PHONY: build

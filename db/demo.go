@@ -13,7 +13,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/tasker-sweeper/retrysweeper/db/dbsqlc"
+	"github.com/tasker-sweeper/retrysweeper/db/internal/dbsqlc"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
@@ -86,7 +86,7 @@ func (s *Store) SeedDemo(ctx context.Context, seed DemoSeed) (DemoSeeded, error)
 		Namespace:     seed.Namespace,
 		TaskName:      seed.TaskName,
 		TaskUuids:     seed.Tasks,
-		StepUuids:     make([]uuid.UUID, n),
+		StepUUIDs:     make([]uuid.UUID, n),
 		StepTasks:     make([]uuid.UUID, n),
 		StepNames:     make([]string, n),
 		StepPositions: make([]int32, n),
@@ -101,7 +101,7 @@ func (s *Store) SeedDemo(ctx context.Context, seed DemoSeed) (DemoSeeded, error)
 		default:
 			return DemoSeeded{}, fmt.Errorf("seed demo workload: step %s: cannot seed state %q", st.StepUUID, st.State)
 		}
-		p.StepUuids[i], p.StepTasks[i], p.StepNames[i] = st.StepUUID, st.TaskUUID, st.Name
+		p.StepUUIDs[i], p.StepTasks[i], p.StepNames[i] = st.StepUUID, st.TaskUUID, st.Name
 		p.StepPositions[i], p.StepStates[i], p.StepAttempts[i] = int32(st.Position), string(st.State), st.Attempts
 		p.StepRetryable[i], p.StepEndedAgo[i] = st.Retryable, int32(st.EndedAgo/time.Second)
 	}

@@ -9,11 +9,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tasker-sweeper/retrysweeper/db/internal/dbsqlc"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
-// StepDue is every condition of the due rule (SPEC §7) for one step, so an
-// operator can see why it is or is not due.
+// StepDue is the due rule evaluated for one step, with each of its
+// conditions, so an operator can see why it is or is not due.
 type StepDue struct {
 	StepUUID      uuid.UUID
 	State         statemachine.State
@@ -25,9 +26,15 @@ type StepDue struct {
 	MaxAttempts   *int32
 	// UnmetParents counts parents not complete or resolved_manually.
 	UnmetParents int
+	// IsDue is the rule's verdict: a sweep would move the step now.
+	IsDue bool
+	// RetryTimeReached says the step's next retry time, if any, has come.
+	RetryTimeReached bool
+	// NeverDue means the next retry time is infinity.
+	NeverDue bool
 	// DueAt is when the backoff expires; when neither the backoff columns
-	// nor an error transition exist it is the time the step entered its
-	// current state (due at once).
+	// nor an error transition give a finite time, the time the step entered
+	// its current state.
 	DueAt time.Time
 	// DueFromBackoff says DueAt came from last_attempted_at +
 	// backoff_request_seconds rather than the error-time fallback.
@@ -36,7 +43,11 @@ type StepDue struct {
 }
 
 // Due reports whether a sweep would move the step now, and if not, why.
+// The verdict is the query's; this only names the first failed condition.
 func (d StepDue) Due() (bool, string) {
+	if d.IsDue {
+		return true, "backoff expired: the next sweep moves it to pending"
+	}
 	switch {
 	case d.State != statemachine.WaitingForRetry:
 		return false, "step is " + string(d.State) + ", not waiting_for_retry"
@@ -48,16 +59,17 @@ func (d StepDue) Due() (bool, string) {
 		return false, "step is not retry-eligible (attempts exhausted or not retryable): stranded until an operator acts"
 	case d.UnmetParents > 0:
 		return false, fmt.Sprintf("%d parent step(s) not complete or resolved_manually", d.UnmetParents)
-	case d.DueAt.After(d.DBNow):
+	case d.NeverDue:
+		return false, "its next retry time is infinity: it never comes due"
+	default:
 		return false, "backoff expires at " + d.DueAt.UTC().Format(time.RFC3339)
 	}
-	return true, "backoff expired: the next sweep moves it to pending"
 }
 
 // StepDueStatus evaluates the due rule for one step;
 // statemachine.ErrStepNotFound when it does not exist.
-func (s *Store) StepDueStatus(ctx context.Context, step uuid.UUID) (StepDue, error) {
-	row, err := s.q.StepDueStatus(ctx, step)
+func (s *base) StepDueStatus(ctx context.Context, step uuid.UUID) (StepDue, error) {
+	row, err := s.q.StepDueStatus(ctx, dbsqlc.StepDueStatusParams{Now: s.now(), WorkflowStepUUID: step})
 	if errors.Is(err, pgx.ErrNoRows) {
 		return StepDue{}, fmt.Errorf("step %s: %w", step, statemachine.ErrStepNotFound)
 	}
@@ -69,23 +81,26 @@ func (s *Store) StepDueStatus(ctx context.Context, step uuid.UUID) (StepDue, err
 		return StepDue{}, fmt.Errorf("step %s: %w", step, err)
 	}
 	return StepDue{
-		StepUUID:       step,
-		State:          state,
-		Processed:      row.Processed,
-		InProcess:      row.InProcess,
-		RetryEligible:  row.RetryEligible,
-		Retryable:      row.Retryable,
-		Attempts:       row.Attempts,
-		MaxAttempts:    row.MaxAttempts,
-		UnmetParents:   int(row.UnmetParents),
-		DueAt:          row.DueAt,
-		DueFromBackoff: row.DueFromBackoff,
-		DBNow:          row.DbNow,
+		StepUUID:         step,
+		State:            state,
+		Processed:        row.Processed,
+		InProcess:        row.InProcess,
+		RetryEligible:    row.RetryEligible,
+		Retryable:        row.Retryable,
+		Attempts:         row.Attempts,
+		MaxAttempts:      row.MaxAttempts,
+		UnmetParents:     int(row.UnmetParents),
+		IsDue:            row.Due,
+		RetryTimeReached: row.RetryTimeReached,
+		NeverDue:         row.NeverDue,
+		DueAt:            row.DueAt,
+		DueFromBackoff:   row.DueFromBackoff,
+		DBNow:            row.DbNow,
 	}, nil
 }
 
 // StepCountsByState counts steps per current state; every state is present.
-func (s *Store) StepCountsByState(ctx context.Context) (map[statemachine.State]int64, error) {
+func (s *base) StepCountsByState(ctx context.Context) (map[statemachine.State]int64, error) {
 	rows, err := s.q.StepCountsByState(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("count steps by state: %w", translate(err))
@@ -101,7 +116,7 @@ func (s *Store) StepCountsByState(ctx context.Context) (map[statemachine.State]i
 }
 
 // Ping checks the database answers, for readiness.
-func (s *Store) Ping(ctx context.Context) error {
+func (s *base) Ping(ctx context.Context) error {
 	if err := s.pool.Ping(ctx); err != nil {
 		return fmt.Errorf("ping database: %w", err)
 	}

@@ -15,43 +15,72 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/tasker-sweeper/retrysweeper/db/dbsqlc"
+	"github.com/tasker-sweeper/retrysweeper/db/internal/dbsqlc"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
-	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
-// Store reads and writes tasker steps through one pool.
+// Store reads and writes tasker steps through one pool. How it sweeps is
+// chosen once, the first time the database answers (see Path): the schedule
+// path when the sweeper-owned objects are installed, the scan path
+// otherwise. Each path is its own type (scheduleStore, scanStore); Store
+// hands every path-specific call to the chosen one.
 type Store struct {
-	pool *pgxpool.Pool
-	q    *dbsqlc.Queries
-	// path caches how this database is swept (see Path).
-	path atomic.Pointer[sweeper.Path]
+	base
+	chosen atomic.Pointer[pathStore]
 }
 
+// base is what both paths share: the pool, the queries and the clock.
+type base struct {
+	pool *pgxpool.Pool
+	q    *dbsqlc.Queries
+	// clock, when set, pins the time every due decision is made at (tests).
+	clock func() time.Time
+}
+
+// Option customises a Store.
+type Option func(*Store)
+
+// WithClock makes every due decision use clock instead of the database's
+// now(), so tests can pin time instead of rewriting rows. Writes (created_at,
+// last_attempted_at) still use the database clock.
+func WithClock(clock func() time.Time) Option { return func(s *Store) { s.clock = clock } }
+
 // NewStore wraps a pool; the pool should come from Connect (UTC sessions).
-func NewStore(pool *pgxpool.Pool) *Store {
-	return &Store{pool: pool, q: dbsqlc.New(pool)}
+func NewStore(pool *pgxpool.Pool, opts ...Option) *Store {
+	s := &Store{base: base{pool: pool, q: dbsqlc.New(pool)}}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // Pool is the underlying pool, for health checks and shutdown.
 func (s *Store) Pool() *pgxpool.Pool { return s.pool }
 
+// now is the pinned clock, or nil: the queries then use now().
+func (b *base) now() *time.Time {
+	if b.clock == nil {
+		return nil
+	}
+	t := b.clock().UTC()
+	return &t
+}
+
 // StepRecord is one workflow step as the sweeper sees it: the retry columns,
 // the current state and the database clock at the moment it was read.
 type StepRecord struct {
-	StepUUID              uuid.UUID
-	TaskUUID              uuid.UUID
-	NamedStepUUID         uuid.UUID
-	Name                  string
-	Retryable             bool
-	MaxAttempts           *int32
-	InProcess             bool
-	Processed             bool
-	Attempts              *int32
+	StepUUID      uuid.UUID
+	TaskUUID      uuid.UUID
+	NamedStepUUID uuid.UUID
+	Name          string
+	Retryable     bool
+	MaxAttempts   *int32
+	InProcess     bool
+	Processed     bool
+	Attempts      *int32
+	// LastAttemptedAt is nil when unset or not finite (±infinity).
 	LastAttemptedAt       *time.Time
 	BackoffRequestSeconds *int32
-	CreatedAt             time.Time
-	UpdatedAt             time.Time
 	State                 statemachine.State
 	// SortKey is the sort_key of the current transition (0 when there is none).
 	SortKey int32
@@ -61,7 +90,7 @@ type StepRecord struct {
 
 // GetStep reads a step and its current state; statemachine.ErrStepNotFound
 // when no such step exists.
-func (s *Store) GetStep(ctx context.Context, stepUUID uuid.UUID) (StepRecord, error) {
+func (s *base) GetStep(ctx context.Context, stepUUID uuid.UUID) (StepRecord, error) {
 	row, err := s.q.StepGet(ctx, stepUUID)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return StepRecord{}, fmt.Errorf("get step %s: %w", stepUUID, statemachine.ErrStepNotFound)
@@ -85,8 +114,6 @@ func (s *Store) GetStep(ctx context.Context, stepUUID uuid.UUID) (StepRecord, er
 		Attempts:              row.Attempts,
 		LastAttemptedAt:       row.LastAttemptedAt,
 		BackoffRequestSeconds: row.BackoffRequestSeconds,
-		CreatedAt:             row.CreatedAt,
-		UpdatedAt:             row.UpdatedAt,
 		State:                 state,
 		SortKey:               row.CurrentSortKey,
 		DBNow:                 row.DbNow,
@@ -127,7 +154,7 @@ type TransitionResult struct {
 // one statement. An illegal (state, event) pair is rejected before any I/O
 // (statemachine.ErrInvalidTransition); a state that changed since it was read,
 // or a concurrent writer, gives statemachine.ErrLostRace and writes nothing.
-func (s *Store) WriteTransition(ctx context.Context, tr Transition) (TransitionResult, error) {
+func (s *base) WriteTransition(ctx context.Context, tr Transition) (TransitionResult, error) {
 	return writeTransition(ctx, s.q, tr)
 }
 

@@ -7,7 +7,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/tasker-sweeper/retrysweeper/db"
-	"github.com/tasker-sweeper/retrysweeper/db/dbsqlc"
+	"github.com/tasker-sweeper/retrysweeper/db/internal/dbsqlc"
 	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
@@ -36,7 +36,7 @@ SET attempts = 1, backoff_request_seconds = 30,
 WHERE task_uuid = $1`, task.TaskUUID, justAfter)
 	require.NoError(t, err)
 
-	claimed, err := dbsqlc.New(tx).SweepClaimDue(ctx, 10)
+	claimed, err := dbsqlc.New(tx).SweepClaimDue(ctx, dbsqlc.SweepClaimDueParams{BatchLimit: 10})
 	require.NoError(t, err)
 	require.Len(t, claimed, 1)
 	require.Equal(t, atNow, claimed[0].WorkflowStepUUID)

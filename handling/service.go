@@ -54,15 +54,14 @@ type Failure struct {
 
 // Step is the part of a workflow step a failure decision needs.
 type Step struct {
-	StepUUID              uuid.UUID
-	TaskUUID              uuid.UUID
-	Name                  string
-	State                 statemachine.State
-	Retryable             bool
-	MaxAttempts           *int32
-	Attempts              *int32
-	LastAttemptedAt       *time.Time
-	BackoffRequestSeconds *int32
+	StepUUID        uuid.UUID
+	TaskUUID        uuid.UUID
+	Name            string
+	State           statemachine.State
+	Retryable       bool
+	MaxAttempts     *int32
+	Attempts        *int32
+	LastAttemptedAt *time.Time
 	// DBNow is the database clock when the step was read.
 	DBNow time.Time
 }

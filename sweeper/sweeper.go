@@ -83,51 +83,81 @@ const (
 	PathScan Path = "scan"
 )
 
-// Adoption reports one pass that brought steps parked by other writers into
-// the schedule.
-type Adoption struct {
+// Preparation reports what a store did before a sweep's batches.
+type Preparation struct {
+	// Adopted is how many steps parked by other writers joined the schedule.
 	Adopted int
-	// Full is a pass over every waiting step rather than the recent ones.
-	Full bool
-	// Skipped means another replica was adopting at the time.
-	Skipped bool
+	// Reconciled is set when the store reconciled before this sweep (the
+	// first sweep on a new database does).
+	Reconciled *Reconciliation
+	// NothingDue means no batch could find anything: the sweep may stop.
+	NothingDue bool
+	// Dropped schedule rows belonged to steps no longer waiting_for_retry;
+	// Deferred ones were moved to a later time (backoff changed, blocked,
+	// stranded).
+	Dropped, Deferred int
 }
 
-// Rescheduled reports the schedule rows a sweep left behind and re-evaluated.
-type Rescheduled struct {
-	// Dropped rows belonged to steps no longer waiting_for_retry.
-	Dropped int
-	// Deferred rows were moved to a later time: backoff changed, blocked, or
-	// stranded.
-	Deferred int
+// Reconciliation reports one reconcile pass: what the schedule (a cache of
+// the tasker tables) had wrong and put right.
+type Reconciliation struct {
+	// Ran is false when no pass was due or another replica was running one.
+	Ran bool `json:"ran"`
+	// Skipped means another replica was reconciling at the time.
+	Skipped bool `json:"skipped"`
+	// Waiting is how many waiting_for_retry steps the pass looked at.
+	Waiting int64 `json:"waiting"`
+	// Missing steps were waiting without a schedule row: added.
+	Missing int64 `json:"missing"`
+	// Orphaned rows belonged to steps no longer waiting: dropped.
+	Orphaned int64 `json:"orphaned"`
+	// RetimedEarlier rows said later than the tables: the steps would have
+	// moved late. RetimedLater rows said earlier (harmless, but re-read).
+	RetimedEarlier int64 `json:"retimed_earlier"`
+	RetimedLater   int64 `json:"retimed_later"`
+	// Restranded rows had the wrong stranded flag.
+	Restranded int64         `json:"restranded"`
+	Duration   time.Duration `json:"-"`
+	DurationMS float64       `json:"duration_ms"`
 }
 
-// Store is what a sweep needs from the database.
+// Corrected is how many rows the pass changed.
+func (r Reconciliation) Corrected() int64 {
+	return r.Missing + r.Orphaned + r.RetimedEarlier + r.RetimedLater + r.Restranded
+}
+
+// Store is what a sweep needs from the database. Each sweep path has its
+// own implementation; none branches on the path.
 type Store interface {
-	// Path says how due steps are found; it decides whether Adopt, AdoptAll,
-	// MaybeDue and Reschedule do anything.
+	// Path says how due steps are found.
 	Path(ctx context.Context) (Path, error)
+	// Prepare readies a sweep's batches: on the schedule path it adopts
+	// steps other writers parked and re-evaluates overdue rows that cannot
+	// move, and says when nothing is due.
+	Prepare(ctx context.Context) (Preparation, error)
 	// MoveDueBatch claims up to b.Limit due steps with FOR UPDATE SKIP LOCKED
 	// and moves them to pending in one transaction.
 	MoveDueBatch(ctx context.Context, b Batch) (BatchResult, error)
+	// CountDueLeft counts the due steps still waiting: after a sweep's
+	// batches, those another transaction held locked.
+	CountDueLeft(ctx context.Context) (int64, error)
 	// CountDue evaluates the due rule without locking or writing.
 	CountDue(ctx context.Context) (Counts, error)
 	// Stranded counts the stranded steps and lists up to sample of them.
 	Stranded(ctx context.Context, sample int) (int64, []StrandedStep, error)
-	// Adopt schedules waiting steps recently parked by other writers
-	// (schedule path); cheap enough for every sweep.
-	Adopt(ctx context.Context) (Adoption, error)
-	// AdoptAll schedules every waiting step parked by other writers when
-	// the last such full pass is old enough (schedule path); slow on big
-	// tables, so it runs apart from the sweeps.
-	AdoptAll(ctx context.Context) (Adoption, error)
-	// MaybeDue says whether a batch could find anything; false lets an
-	// idle sweep stop early (schedule path; the scan path always says true).
-	MaybeDue(ctx context.Context) (bool, error)
-	// Reschedule re-evaluates schedule rows whose time has passed but that
-	// cannot move now (schedule path).
-	Reschedule(ctx context.Context) (Rescheduled, error)
 }
+
+// Reconciler is implemented by stores that keep a schedule: it makes the
+// schedule match the tasker tables.
+type Reconciler interface {
+	// Reconcile runs a pass if the last one is at least olderThan ago (0:
+	// now), one replica at a time.
+	Reconcile(ctx context.Context, olderThan time.Duration) (Reconciliation, error)
+}
+
+// ErrNoSchedule means the operation needs the sweeper-owned objects, which
+// are not installed (the scan path): run `sweeper migrate`.
+var ErrNoSchedule = errors.New("the sweeper-owned objects are not installed (run 'sweeper migrate')")
 
 // Config tunes a sweep.
 type Config struct {
@@ -174,12 +204,18 @@ type Summary struct {
 	// Path is how due steps were found: schedule or scan.
 	Path Path `json:"path"`
 	// Adopted is how many steps parked by other writers joined the schedule.
-	Adopted       int           `json:"adopted"`
-	Batches       int           `json:"batches"`
-	FailedBatches int           `json:"failed_batches"`
-	StartedAt     time.Time     `json:"started_at"`
-	Duration      time.Duration `json:"-"`
-	DurationMS    float64       `json:"duration_ms"`
+	Adopted int `json:"adopted"`
+	// SkippedLocked is how many due steps were left waiting because another
+	// transaction held them locked; the next sweep tries them again.
+	SkippedLocked int64 `json:"skipped_locked"`
+	Batches       int   `json:"batches"`
+	FailedBatches int   `json:"failed_batches"`
+	// Interrupted means a shutdown stopped the sweep before it was done:
+	// every batch that ran is committed or rolled back whole.
+	Interrupted bool          `json:"interrupted"`
+	StartedAt   time.Time     `json:"started_at"`
+	Duration    time.Duration `json:"-"`
+	DurationMS  float64       `json:"duration_ms"`
 }
 
 // Hooks let the caller observe sweeps (metrics) without the sweeper knowing
@@ -199,6 +235,10 @@ type Sweeper struct {
 	hooks  Hooks
 	// loggedPath is the path last announced in the logs.
 	loggedPath atomic.Value
+	// aborted is cancelled by AbortBatches (set up on first use).
+	abortOnce sync.Once
+	aborted   context.Context
+	abort     context.CancelFunc
 }
 
 // New builds a Sweeper; cfg must be valid (see Config.Validate).
@@ -251,14 +291,19 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 		sum.Stranded = counts.Stranded
 		return nil
 	}
-	adoption, err := s.store.Adopt(ctx)
+	prep, err := s.store.Prepare(ctx)
 	if err != nil {
-		return err
+		return fmt.Errorf("prepare sweep: %w", err)
 	}
-	sum.Adopted = adoption.Adopted
-	if adoption.Adopted > 0 || adoption.Full {
-		log.Info("adopted steps parked by other writers", slog.Int("adopted", adoption.Adopted),
-			slog.Bool("full_pass", adoption.Full))
+	sum.Adopted = prep.Adopted
+	if prep.Reconciled != nil {
+		s.logReconciliation(*prep.Reconciled)
+	}
+	if prep.Adopted > 0 {
+		log.Info("adopted steps parked by other writers", slog.Int("adopted", prep.Adopted))
+	}
+	if prep.Dropped > 0 || prep.Deferred > 0 {
+		log.Debug("schedule rows re-evaluated", slog.Int("dropped", prep.Dropped), slog.Int("deferred", prep.Deferred))
 	}
 	stranded, sample, err := s.store.Stranded(ctx, strandedSampleSize)
 	if err != nil {
@@ -273,40 +318,57 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 		log.Warn("stranded steps: waiting_for_retry but not retry-eligible; only an operator can move them",
 			slog.Int64("stranded", stranded), slog.Any("sample_step_uuids", ids))
 	}
-	maybeDue, err := s.store.MaybeDue(ctx)
-	if err != nil {
-		return err
-	}
-	if !maybeDue {
+	if prep.NothingDue {
 		return nil
 	}
-	// Overdue schedule rows that cannot move (blocked, stranded, no longer
-	// waiting) are re-evaluated first, so the batches' candidates, taken in
-	// due order, are movable ones and a short batch really means "done".
-	res, err := s.store.Reschedule(ctx)
-	if err != nil {
+	if err := s.runBatches(ctx, log, sum); err != nil {
 		return err
 	}
-	if res.Dropped > 0 || res.Deferred > 0 {
-		log.Debug("schedule rows re-evaluated", slog.Int("dropped", res.Dropped), slog.Int("deferred", res.Deferred))
+	if sum.Interrupted {
+		return ErrInterrupted
 	}
-	return s.runBatches(ctx, log, sum)
+	// Whatever is still due now was held by another transaction's locks
+	// (the claims skip locked rows) or fell due in the last moments.
+	left, err := s.store.CountDueLeft(ctx)
+	if err != nil {
+		return fmt.Errorf("count due steps left: %w", err)
+	}
+	sum.SkippedLocked = left
+	return nil
 }
 
-// AdoptAll runs the full adoption pass if one is due (see Store.AdoptAll)
-// and logs what it found. The daemon calls it on a timer of its own, so the
-// pass never delays a sweep; `sweeper once` calls it after its sweep.
-func (s *Sweeper) AdoptAll(ctx context.Context) (Adoption, error) {
-	start := time.Now()
-	res, err := s.store.AdoptAll(ctx)
-	if err != nil {
-		return res, err
+// Reconcile runs a reconcile pass if the last one is at least olderThan
+// ago (0: now) and logs what it corrected; ErrNoSchedule on the scan path.
+// The daemon calls it on a timer of its own, so the pass never delays a
+// sweep; `sweeper once` calls it after its sweep, `sweeper reconcile` on
+// demand.
+func (s *Sweeper) Reconcile(ctx context.Context, olderThan time.Duration) (Reconciliation, error) {
+	r, ok := s.store.(Reconciler)
+	if !ok {
+		return Reconciliation{}, ErrNoSchedule
 	}
-	if res.Full {
-		s.logger.Info("full adoption pass: every waiting step parked by other writers is scheduled",
-			slog.Int("adopted", res.Adopted), slog.Duration("took", time.Since(start)))
+	res, err := r.Reconcile(ctx, olderThan)
+	if err != nil {
+		return res, fmt.Errorf("reconcile the schedule: %w", err)
+	}
+	if res.Ran {
+		s.logReconciliation(res)
 	}
 	return res, nil
+}
+
+func (s *Sweeper) logReconciliation(res Reconciliation) {
+	attrs := []any{
+		slog.Int64("waiting", res.Waiting), slog.Int64("missing", res.Missing),
+		slog.Int64("orphaned", res.Orphaned), slog.Int64("retimed_earlier", res.RetimedEarlier),
+		slog.Int64("retimed_later", res.RetimedLater), slog.Int64("restranded", res.Restranded),
+		slog.Float64("duration_ms", res.DurationMS),
+	}
+	if res.Corrected() > 0 {
+		s.logger.Warn("reconcile: the schedule had drifted from the tasker tables; corrected", attrs...)
+		return
+	}
+	s.logger.Info("reconcile: the schedule matches the tasker tables", attrs...)
 }
 
 func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary) error {
@@ -352,6 +414,9 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 		g.Go(do)
 	}
 	_ = g.Wait()
+	if ctx.Err() != nil && !exhausted.Load() {
+		sum.Interrupted = true
+	}
 	if firstErr != nil {
 		return fmt.Errorf("sweep: %d batch(es) failed: %w", sum.FailedBatches, firstErr)
 	}
@@ -372,7 +437,21 @@ func (s *Sweeper) runBatch(ctx context.Context, b Batch) (res BatchResult, err e
 	}()
 	bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.BatchTimeout)
 	defer cancel()
+	stop := context.AfterFunc(s.abortContext(), cancel)
+	defer stop()
 	return s.store.MoveDueBatch(bctx, b)
+}
+
+// AbortBatches cancels the batch transactions in flight (each rolls back
+// whole) and every later one: a shutdown whose grace period is over.
+func (s *Sweeper) AbortBatches() {
+	s.abortContext()
+	s.abort()
+}
+
+func (s *Sweeper) abortContext() context.Context {
+	s.abortOnce.Do(func() { s.aborted, s.abort = context.WithCancel(context.Background()) })
+	return s.aborted
 }
 
 // MoveStep moves one step to pending now if it is due (or, with force, if
@@ -394,6 +473,10 @@ func (s *Sweeper) MoveStep(ctx context.Context, step uuid.UUID, force bool) (Mov
 	return Moved{}, ErrNotDue
 }
 
+// ErrInterrupted means a shutdown stopped a sweep before every due step was
+// moved; what moved is committed, the rest waits for the next sweep.
+var ErrInterrupted = errors.New("sweep interrupted by shutdown")
+
 // ErrNotDue means a step asked to be moved is not due (or not movable at
 // all: wrong state, processed, in process, unmet parents, not eligible).
 var ErrNotDue = errors.New("step is not due")
@@ -410,9 +493,12 @@ func (s *Sweeper) report(log *slog.Logger, sum Summary, err error) {
 		slog.Int("batches", sum.Batches),
 		slog.Float64("duration_ms", sum.DurationMS),
 	}
+	if sum.SkippedLocked > 0 {
+		attrs = append(attrs, slog.Int64("skipped_locked", sum.SkippedLocked))
+	}
 	switch {
-	case err != nil && errors.Is(err, context.Canceled):
-		log.Info("sweep stopped by shutdown", attrs...)
+	case errors.Is(err, ErrInterrupted) || errors.Is(err, context.Canceled):
+		log.Warn("sweep interrupted by shutdown: the rest waits for the next sweep", attrs...)
 	case err != nil:
 		log.Error("sweep failed", append(attrs, slog.Any("error", err))...)
 	case sum.Transitioned > 0 || sum.LostRaces > 0:

@@ -86,10 +86,10 @@ func TestFullAdoptionLoopAdoptsOldSteps(t *testing.T) {
 func TestFullPassMetrics(t *testing.T) {
 	t.Parallel()
 	m := newMetrics()
-	m.fullPass(sweeper.Adoption{Skipped: true}, nil)
-	m.fullPass(sweeper.Adoption{}, nil) // not due: not a pass
-	m.fullPass(sweeper.Adoption{}, errors.New("connection refused"))
-	m.fullPass(sweeper.Adoption{Full: true, Adopted: 3}, nil)
+	m.fullPass(sweeper.Reconciliation{Skipped: true}, nil)
+	m.fullPass(sweeper.Reconciliation{}, nil) // not due: not a pass
+	m.fullPass(sweeper.Reconciliation{}, errors.New("connection refused"))
+	m.fullPass(sweeper.Reconciliation{Ran: true, Missing: 3}, nil)
 	require.Equal(t, 1.0, counterValue(t, m.fullPasses.WithLabelValues("skipped")))
 	require.Equal(t, 1.0, counterValue(t, m.fullPasses.WithLabelValues("failed")))
 	require.Equal(t, 1.0, counterValue(t, m.fullPasses.WithLabelValues("done")))
@@ -104,5 +104,5 @@ func TestOnceRunsDueFullAdoption(t *testing.T) {
 	res := runBinary(t, []string{"DATABASE_URL=" + url}, "once", "--json")
 	require.Equal(t, 0, res.code, res.stderr)
 	require.True(t, scheduled(t, pool, step), "the full pass adopted the old step")
-	require.Contains(t, res.stderr, "full adoption pass")
+	require.Contains(t, res.stderr, "reconcile")
 }

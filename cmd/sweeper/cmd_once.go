@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
@@ -55,6 +56,9 @@ func runOnce(ctx context.Context, e env, args []string) error {
 	}
 	// After the sweep, so its due steps never wait for it: the periodic
 	// full adoption pass, when one is due (the daemon runs it on a timer).
-	_, err = sw.AdoptAll(ctx)
+	_, err = sw.Reconcile(ctx, reconcileInterval)
+	if errors.Is(err, sweeper.ErrNoSchedule) {
+		return nil
+	}
 	return err
 }

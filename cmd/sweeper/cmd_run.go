@@ -260,17 +260,23 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 // time), so this only bounds how late one starts.
 const fullAdoptionCheck = time.Minute
 
+// reconcileInterval is how old the last reconcile pass may get.
+const reconcileInterval = 5 * time.Minute
+
 // fullAdoptionLoop runs the full adoption passes beside the scheduler, not
 // inside a sweep: a pass over a million waiting steps takes seconds and
 // must not hold up the steps that are due meanwhile.
 // Each attempt's outcome goes to record (the metrics).
 func fullAdoptionLoop(ctx context.Context, sw *sweeper.Sweeper, ready func() bool,
-	record func(sweeper.Adoption, error), logger *slog.Logger) {
+	record func(sweeper.Reconciliation, error), logger *slog.Logger) {
 	tick := time.NewTicker(fullAdoptionCheck)
 	defer tick.Stop()
 	for {
 		if ready() {
-			res, err := sw.AdoptAll(ctx)
+			res, err := sw.Reconcile(ctx, reconcileInterval)
+			if errors.Is(err, sweeper.ErrNoSchedule) {
+				return
+			}
 			if ctx.Err() != nil {
 				return // shutting down: a cancelled pass is not a failure
 			}

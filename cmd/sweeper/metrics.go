@@ -132,15 +132,15 @@ func (m *metrics) sweepHooks() sweeper.Hooks {
 
 // fullPass records one attempt at a full adoption pass; a check that found
 // none due is not a pass.
-func (m *metrics) fullPass(res sweeper.Adoption, err error) {
+func (m *metrics) fullPass(res sweeper.Reconciliation, err error) {
 	switch {
 	case err != nil:
 		m.fullPasses.WithLabelValues("failed").Inc()
 	case res.Skipped:
 		m.fullPasses.WithLabelValues("skipped").Inc()
-	case res.Full:
+	case res.Ran:
 		m.fullPasses.WithLabelValues("done").Inc()
-		m.adopted.WithLabelValues("full").Add(float64(res.Adopted))
+		m.adopted.WithLabelValues("full").Add(float64(res.Missing))
 	}
 }
 

@@ -136,7 +136,7 @@ SELECT (SELECT count(*) FROM tasks)::bigint AS tasks,
 
 type DemoSeedParams struct {
 	TaskUuids     []uuid.UUID
-	StepUuids     []uuid.UUID
+	StepUUIDs     []uuid.UUID
 	StepTasks     []uuid.UUID
 	StepNames     []string
 	StepPositions []int32
@@ -165,7 +165,7 @@ type DemoSeedRow struct {
 func (q *Queries) DemoSeed(ctx context.Context, arg DemoSeedParams) (DemoSeedRow, error) {
 	row := q.db.QueryRow(ctx, demoSeed,
 		arg.TaskUuids,
-		arg.StepUuids,
+		arg.StepUUIDs,
 		arg.StepTasks,
 		arg.StepNames,
 		arg.StepPositions,
