@@ -3,7 +3,7 @@
 //   sqlc v1.31.1
 // source: demo.sql
 
-package dbsqlc
+package demosqlc
 
 import (
 	"context"
