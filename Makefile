@@ -26,7 +26,7 @@ $(LINT): tools/go.mod tools/go.sum
 tools: $(SQLC) $(LINT) ## Build the pinned tools (sqlc, golangci-lint) into bin/
 
 .PHONY: generate
-generate: $(SQLC) ## Regenerate the sqlc code from db/queries and the migrations
+generate: $(SQLC) ## Regenerate the sqlc code (db/queries -> db/dbsqlc, internal/demo/queries -> internal/demo/demosqlc)
 	$(SQLC) generate
 
 .PHONY: check-generated
