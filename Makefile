@@ -26,7 +26,7 @@ $(LINT): tools/go.mod tools/go.sum
 tools: $(SQLC) $(LINT) ## Build the pinned tools (sqlc, golangci-lint) into bin/
 
 .PHONY: generate
-generate: $(SQLC) ## Render the query templates (db/queries/templates), then regenerate the sqlc code
+generate: $(SQLC) ## Render the query templates (db/queries/templates), then regenerate the sqlc code (db/internal/dbsqlc, internal/demo/demosqlc)
 	$(GO) run ./internal/sqltemplate -dir db/queries
 	$(SQLC) generate
 

@@ -1,59 +1,42 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
-	"fmt"
-	"os"
-	"path/filepath"
+	"context"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
 )
 
-func TestDemoRunsTheDaemonOnAThrowawayServer(t *testing.T) {
+// The demo itself is tested in internal/demo; these tests cover the
+// wrapper: its flags, and that it wires the real daemon.
+
+func TestDemoRunsTheRealDaemonAndIgnoresDatabaseURL(t *testing.T) {
 	t.Parallel()
-	// No DATABASE_URL: the demo starts its own server.
-	res := runBinary(t, nil, "demo", "--duration", "6s", "--tasks", "5", "--log-format", "json")
+	pool, url := testdb.NewWithURL(t)
+	// $DATABASE_URL points at a real database: the demo must still start
+	// its own server and write nothing here.
+	res := runBinary(t, []string{"DATABASE_URL=" + url},
+		"demo", "--duration", "3s", "--tasks", "3", "--log-format", "json")
 	require.Equal(t, 0, res.code, "stdout:\n%s\nstderr:\n%s", res.stdout, res.stderr)
 
-	// The seeded failures cover every decision the handler makes.
-	for _, action := range []string{"TransitionedToWaitingForRetry", "MarkedAsPermanentFailure", "MarkedAsError"} {
-		require.Contains(t, res.stdout, action)
-	}
-	// The final table: every state has a row, and the sweep moved steps back.
-	require.Contains(t, res.stdout, "What happened")
-	for _, state := range []string{"pending", "waiting_for_retry", "complete", "error"} {
-		require.Regexp(t, `(?m)^`+state+`\s+\d+`, res.stdout)
-	}
-	require.Positive(t, tableCount(t, res.stdout, "steps swept back to pending"), res.stdout)
-	require.Positive(t, tableCount(t, res.stdout, "sweeps run"), res.stdout)
+	require.Contains(t, res.stdout, "into the throwaway database")
+	require.Regexp(t, `Admin API on http://127\.0\.0\.1:\d+ `, res.stdout, "the daemon's admin API reports its address")
+	require.Contains(t, res.stderr, `"msg":"throwaway PostgreSQL ready"`)
+	require.Contains(t, res.stderr, `"msg":"sweeper running"`, "the production daemon ran")
+	m := regexp.MustCompile(`(?m)^sweeps run\s+(\d+)`).FindStringSubmatch(res.stdout)
+	require.NotNil(t, m, res.stdout)
+	sweeps, err := strconv.Atoi(m[1])
+	require.NoError(t, err)
+	require.Positive(t, sweeps, "the daemon's sweeps reach the demo's report")
 
-	records := jsonRecords(t, res.stderr)
-	transitioned := 0.0
-	port := 0
-	for _, r := range records {
-		switch r["msg"] {
-		case "sweep finished":
-			transitioned = max(transitioned, r["transitioned"].(float64))
-		case "throwaway PostgreSQL ready":
-			port = int(r["port"].(float64))
-		}
-	}
-	require.Positive(t, transitioned, "a sweep moved steps to pending:\n%s", res.stderr)
-	require.NotZero(t, port, "the demo logs its server's port:\n%s", res.stderr)
-
-	// The server is stopped and its data removed: pgserver names its log
-	// after the port, and the postmaster's command line carries it.
-	for _, parent := range []string{"/dev/shm", os.TempDir()} {
-		left, err := filepath.Glob(filepath.Join(parent, "sweeper-pgserver-*", fmt.Sprintf("server-%d.log", port)))
-		require.NoError(t, err)
-		require.Empty(t, left, "the demo's data directory is removed")
-	}
-	require.Empty(t, postgresOnPort(t, port), "the demo's server is stopped")
+	var tasks int
+	require.NoError(t, pool.QueryRow(context.Background(), `SELECT count(*) FROM tasker.tasks`).Scan(&tasks))
+	require.Zero(t, tasks, "the demo wrote nothing into $DATABASE_URL's database")
 }
 
 func TestDemoUsageErrors(t *testing.T) {
@@ -64,6 +47,7 @@ func TestDemoUsageErrors(t *testing.T) {
 	}{
 		{[]string{"demo", "--duration", "0s"}, "--duration"},
 		{[]string{"demo", "--tasks", "0"}, "--tasks"},
+		{[]string{"demo", "--tasks", "10001"}, "--tasks"},
 		{[]string{"demo", "--http-addr", "0.0.0.0:0"}, "--http-addr"},
 		{[]string{"demo", "--database-url", "postgres://u:secret@h:notaport/db"}, "--database-url"},
 		{[]string{"demo", "--log-format", "yaml"}, "--log-format"},
@@ -75,50 +59,4 @@ func TestDemoUsageErrors(t *testing.T) {
 		require.Contains(t, res.stderr, tc.flag)
 		require.NotContains(t, res.stderr, "secret", "never print a database password")
 	}
-}
-
-// tableCount reads the number in the final table's row labelled label.
-func tableCount(t *testing.T, stdout, label string) int {
-	t.Helper()
-	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(label) + `\s+(\d+)`).FindStringSubmatch(stdout)
-	require.NotNil(t, m, "row %q in:\n%s", label, stdout)
-	n, err := strconv.Atoi(m[1])
-	require.NoError(t, err)
-	return n
-}
-
-// jsonRecords decodes JSON log lines, failing on any line that is not one.
-func jsonRecords(t *testing.T, stderr string) []map[string]any {
-	t.Helper()
-	var out []map[string]any
-	sc := bufio.NewScanner(strings.NewReader(stderr))
-	sc.Buffer(make([]byte, 0, 64*1024), 1<<20)
-	for sc.Scan() {
-		var r map[string]any
-		require.NoError(t, json.Unmarshal(sc.Bytes(), &r), "log line %q", sc.Text())
-		out = append(out, r)
-	}
-	require.NoError(t, sc.Err())
-	return out
-}
-
-// postgresOnPort lists the pids of pgserver postmasters started with port.
-func postgresOnPort(t *testing.T, port int) []int {
-	t.Helper()
-	cmdlines, err := filepath.Glob("/proc/[0-9]*/cmdline")
-	require.NoError(t, err)
-	want := fmt.Sprintf("port=%d\x00", port)
-	var pids []int
-	for _, path := range cmdlines {
-		raw, err := os.ReadFile(path)
-		if err != nil {
-			continue // the process ended while we looked
-		}
-		cmdline := string(raw)
-		if strings.Contains(cmdline, "sweeper-pgserver-") && strings.Contains(cmdline, want) {
-			pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(path)))
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }

@@ -1,8 +1,10 @@
--- Queries of `sweeper demo` only. The demo plays the orchestrator and its
--- workers (seeding tasks, claiming and finishing attempts), which is not the
--- sweeper's job: nothing outside the demo may call these. Every state change
--- of a step still goes through TransitionWrite, so the compare-and-swap rules
--- are the production ones.
+-- Queries of `sweeper demo` (package internal/demo), generated into
+-- internal/demo/demosqlc. The demo plays the orchestrator and its workers
+-- (seeding tasks, claiming and finishing attempts), which is not the
+-- sweeper's job, so these live apart from the production store's queries and
+-- write into tables the sweeper's grants do not cover. Every state change of
+-- a step still goes through the production store's WriteTransition, so the
+-- compare-and-swap rules are the production ones.
 
 -- name: TaskerSchemaExists :one
 -- Whether the tasker tables exist already (an orchestrator's database, or a
@@ -140,7 +142,8 @@ SELECT (SELECT count(*) FROM tasks)::bigint AS tasks,
 
 -- name: StepStartAttempt :execrows
 -- A worker claims the step: the attempt it is about to make counts at once,
--- which is what the inline handler expects of attempts (SPEC §6).
+-- which is what the inline handler expects of attempts (they include the
+-- attempt that failed).
 UPDATE tasker.workflow_steps
 SET attempts = coalesce(attempts, 0) + 1,
     in_process = true,
@@ -184,8 +187,8 @@ WHERE ws.task_uuid = ANY(@task_uuids::uuid[])
 
 -- name: TransitionCountSweepMoves :one
 -- How often the sweep moved the steps of @task_uuids back to pending, and
--- how many distinct steps that was. The actor is the one SweepMoveToPending's
--- callers write (db.Store.MoveDueBatch).
+-- how many distinct steps that was. The actor is the one the production
+-- sweep writes into its transitions' metadata (db.Store.MoveDueBatch).
 SELECT count(*)::bigint AS moves, count(DISTINCT t.workflow_step_uuid)::bigint AS steps
 FROM tasker.workflow_step_transitions t
 JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = t.workflow_step_uuid

@@ -3,7 +3,7 @@
 //   sqlc v1.31.1
 // source: demo.sql
 
-package dbsqlc
+package demosqlc
 
 import (
 	"context"
@@ -135,7 +135,7 @@ SELECT (SELECT count(*) FROM tasks)::bigint AS tasks,
 `
 
 type DemoSeedParams struct {
-	TaskUuids     []uuid.UUID
+	TaskUUIDs     []uuid.UUID
 	StepUUIDs     []uuid.UUID
 	StepTasks     []uuid.UUID
 	StepNames     []string
@@ -164,7 +164,7 @@ type DemoSeedRow struct {
 // end of the statement, so rows may reference rows inserted beside them.
 func (q *Queries) DemoSeed(ctx context.Context, arg DemoSeedParams) (DemoSeedRow, error) {
 	row := q.db.QueryRow(ctx, demoSeed,
-		arg.TaskUuids,
+		arg.TaskUUIDs,
 		arg.StepUUIDs,
 		arg.StepTasks,
 		arg.StepNames,
@@ -237,14 +237,14 @@ LIMIT $2
 `
 
 type StepListSweptBackParams struct {
-	TaskUuids   []uuid.UUID
+	TaskUUIDs   []uuid.UUID
 	PickupLimit int32
 }
 
 // The steps of @task_uuids the sweep has moved back to pending and nobody
 // has picked up yet, oldest first: what the orchestrator would run next.
 func (q *Queries) StepListSweptBack(ctx context.Context, arg StepListSweptBackParams) ([]uuid.UUID, error) {
-	rows, err := q.db.Query(ctx, stepListSweptBack, arg.TaskUuids, arg.PickupLimit)
+	rows, err := q.db.Query(ctx, stepListSweptBack, arg.TaskUUIDs, arg.PickupLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -273,7 +273,8 @@ WHERE workflow_step_uuid = $1
 `
 
 // A worker claims the step: the attempt it is about to make counts at once,
-// which is what the inline handler expects of attempts (SPEC §6).
+// which is what the inline handler expects of attempts (they include the
+// attempt that failed).
 func (q *Queries) StepStartAttempt(ctx context.Context, workflowStepUuid uuid.UUID) (int64, error) {
 	result, err := q.db.Exec(ctx, stepStartAttempt, workflowStepUuid)
 	if err != nil {
@@ -287,11 +288,13 @@ const taskerSchemaExists = `-- name: TaskerSchemaExists :one
 SELECT (to_regclass('tasker.workflow_steps') IS NOT NULL)::boolean AS schema_exists
 `
 
-// Queries of `sweeper demo` only. The demo plays the orchestrator and its
-// workers (seeding tasks, claiming and finishing attempts), which is not the
-// sweeper's job: nothing outside the demo may call these. Every state change
-// of a step still goes through TransitionWrite, so the compare-and-swap rules
-// are the production ones.
+// Queries of `sweeper demo` (package internal/demo), generated into
+// internal/demo/demosqlc. The demo plays the orchestrator and its workers
+// (seeding tasks, claiming and finishing attempts), which is not the
+// sweeper's job, so these live apart from the production store's queries and
+// write into tables the sweeper's grants do not cover. Every state change of
+// a step still goes through the production store's WriteTransition, so the
+// compare-and-swap rules are the production ones.
 // Whether the tasker tables exist already (an orchestrator's database, or a
 // previous demo): then the demo must not create them.
 func (q *Queries) TaskerSchemaExists(ctx context.Context) (bool, error) {
@@ -315,8 +318,8 @@ type TransitionCountSweepMovesRow struct {
 }
 
 // How often the sweep moved the steps of @task_uuids back to pending, and
-// how many distinct steps that was. The actor is the one SweepMoveToPending's
-// callers write (db.Store.MoveDueBatch).
+// how many distinct steps that was. The actor is the one the production
+// sweep writes into its transitions' metadata (db.Store.MoveDueBatch).
 func (q *Queries) TransitionCountSweepMoves(ctx context.Context, taskUuids []uuid.UUID) (TransitionCountSweepMovesRow, error) {
 	row := q.db.QueryRow(ctx, transitionCountSweepMoves, taskUuids)
 	var i TransitionCountSweepMovesRow
