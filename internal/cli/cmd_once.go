@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -36,7 +36,10 @@ func runOnce(ctx context.Context, e env, args []string) error {
 	}
 	defer store.Pool().Close()
 
-	sw := sweeper.New(store, *cfg, logger, sweeper.Hooks{})
+	sw, err := sweeper.New(store, *cfg, logger, sweeper.Hooks{})
+	if err != nil {
+		return configError(err)
+	}
 	sum, sweepErr := sw.RunOnce(ctx, *dryRun)
 	if *asJSON {
 		if err := json.NewEncoder(e.stdout).Encode(sum); err != nil {

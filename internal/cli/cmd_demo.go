@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"bytes"
@@ -158,7 +158,11 @@ func (d *demo) run(ctx context.Context) (err error) {
 	fmt.Fprintf(d.out, "Seeded %d tasks × %d steps into %s (%d steps, %d edges, %d transitions).\n",
 		seeded.Tasks, len(demoStepNames), where, seeded.Steps, seeded.Edges, seeded.Transitions)
 
-	world := newDemoWorld(store, handling.NewService(store, handlerCfg), d.logger, plan)
+	handler, err := handling.NewService(store, handlerCfg)
+	if err != nil {
+		return fmt.Errorf("demo handler configuration: %w", err)
+	}
+	world := newDemoWorld(store, handler, d.logger, plan)
 	if err := world.reportSeededFailures(ctx, plan); err != nil {
 		return err
 	}

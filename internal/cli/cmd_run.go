@@ -1,10 +1,9 @@
-package main
+package cli
 
 import (
 	"context"
 	"errors"
 	"fmt"
-
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/tasker-sweeper/retrysweeper/db"
 	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/admin"
+	"github.com/tasker-sweeper/retrysweeper/internal/telemetry"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
@@ -40,20 +41,6 @@ func sweepFlags(f *flags) *sweeper.Config {
 	f.env("batch-timeout", "SWEEPER_BATCH_TIMEOUT")
 	f.env("notify-channel", "SWEEPER_NOTIFY_CHANNEL")
 	return &c
-}
-
-func checkSweepConfig(c *sweeper.Config) error {
-	switch {
-	case c.BatchSize < 1 || c.BatchSize > 100_000:
-		return usageErrorf("invalid --batch-size %d: must be between 1 and 100000", c.BatchSize)
-	case c.Workers < 1 || c.Workers > 64:
-		return usageErrorf("invalid --workers %d: must be between 1 and 64", c.Workers)
-	case c.BatchTimeout <= 0:
-		return usageErrorf("invalid --batch-timeout %s: must be > 0", c.BatchTimeout)
-	case len(c.NotifyChannel) > 63:
-		return usageErrorf("invalid --notify-channel: longer than PostgreSQL's 63-byte identifier limit")
-	}
-	return nil
 }
 
 // daemonFlags registers run's flags and returns a function that validates
@@ -133,7 +120,7 @@ func runDaemon(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return serveDaemon(ctx, cfg, logger, daemonHooks{})
+	return serveDaemon(ctx, cfg, logger, e.daemon)
 }
 
 // daemonHooks let a caller of serveDaemon (the demo, tests) observe it.
@@ -143,12 +130,14 @@ type daemonHooks struct {
 	started func(addr string)
 	// sweepDone runs after every sweep, scheduled or manual.
 	sweepDone func(sweeper.Summary, error)
+	// databaseChecked receives every health check's verdict.
+	databaseChecked func(up bool)
 }
 
 // serveDaemon runs the daemon until ctx is cancelled: admin API, database
-// health checks and scheduled sweeps. It starts even when the database is
-// down. On shutdown it stops the API and the schedule, then gives in-flight
-// batches cfg.grace to commit.
+// health checks, scheduled sweeps and full adoption passes. It starts even
+// when the database is down. On shutdown it stops the API and the schedule,
+// then gives in-flight batches cfg.grace to commit.
 func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hooks daemonHooks) error {
 	poolCfg, err := db.PoolConfig(cfg.databaseURL)
 	if err != nil {
@@ -163,15 +152,14 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	defer pool.Close()
 
 	store := db.NewStore(pool)
-	m := newMetrics()
+	metrics := telemetry.New()
 	health := newDBHealth(store.Ping, logger, func(up bool) {
-		if up {
-			m.databaseUp.Set(1)
-		} else {
-			m.databaseUp.Set(0)
+		metrics.DatabaseChecked(up)
+		if hooks.databaseChecked != nil {
+			hooks.databaseChecked(up)
 		}
 	})
-	sweepHooks := m.sweepHooks()
+	sweepHooks := metrics.SweepHooks()
 	if hooks.sweepDone != nil {
 		recordSweep := sweepHooks.SweepDone
 		sweepHooks.SweepDone = func(sum sweeper.Summary, err error) {
@@ -179,35 +167,36 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 			hooks.sweepDone(sum, err)
 		}
 	}
-	sw := sweeper.New(store, cfg.sweep, logger, sweepHooks)
+	sw, err := sweeper.New(store, cfg.sweep, logger, sweepHooks)
+	if err != nil {
+		return configError(err)
+	}
 	sched, err := sweeper.NewScheduler(sw, cfg.schedule, logger, sweeper.SchedulerOptions{
-		Ready: health.Ready, OnSkippedTick: m.skippedTick,
+		DatabaseReady: health.Ready, OnSkippedTick: metrics.SkippedTick,
 	})
 	if err != nil {
 		return usageErrorf("invalid --schedule: %v", err)
 	}
-	handler := handling.NewService(store, cfg.handler)
+	handler, err := handling.NewService(store, cfg.handler)
+	if err != nil {
+		return configError(err)
+	}
 
 	listener, err := net.Listen("tcp", cfg.httpAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
 	}
 	srv := &http.Server{
-		Handler: newAdminAPI(adminDeps{
-			scheduler: sched,
-			sweeper:   sw,
-			store:     store,
-			ready:     health.Ready,
-			metrics:   m,
-			token:     cfg.adminToken,
-			logger:    logger,
-			handleFailure: func(ctx context.Context, f handling.Failure) (handling.Result, error) {
-				res, err := handler.HandleStepError(ctx, f)
-				if err == nil {
-					m.decision(res)
-				}
-				return res, err
-			},
+		Handler: admin.New(admin.Deps{
+			Sweeps:     sched,
+			Steps:      sw,
+			Failures:   metrics.CountDecisions(handler),
+			StepStatus: store,
+			Status:     store,
+			Readiness:  health,
+			Metrics:    metrics.Handler(),
+			Token:      cfg.adminToken,
+			Logger:     logger,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -228,7 +217,12 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	schedDone := make(chan struct{})
 	go func() { defer close(schedDone); sched.Run(runCtx) }()
 	adoptDone := make(chan struct{})
-	go func() { defer close(adoptDone); fullAdoptionLoop(runCtx, sw, health.Ready, m.fullPass, logger) }()
+	go func() {
+		defer close(adoptDone)
+		sw.RunFullAdoption(runCtx, sweeper.FullAdoptionOptions{
+			DatabaseReady: health.Ready, OnPassDone: metrics.FullAdoptionPass,
+		})
+	}()
 
 	var runErr error
 	select {
@@ -253,36 +247,4 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	<-adoptDone // a full pass in flight is cancelled: it rolls back whole
 	logger.Info("sweeper stopped")
 	return runErr
-}
-
-// fullAdoptionCheck is how often the daemon asks whether a full adoption
-// pass is due; the database decides (every 15 minutes, one replica at a
-// time), so this only bounds how late one starts.
-const fullAdoptionCheck = time.Minute
-
-// fullAdoptionLoop runs the full adoption passes beside the scheduler, not
-// inside a sweep: a pass over a million waiting steps takes seconds and
-// must not hold up the steps that are due meanwhile.
-// Each attempt's outcome goes to record (the metrics).
-func fullAdoptionLoop(ctx context.Context, sw *sweeper.Sweeper, ready func() bool,
-	record func(sweeper.Adoption, error), logger *slog.Logger) {
-	tick := time.NewTicker(fullAdoptionCheck)
-	defer tick.Stop()
-	for {
-		if ready() {
-			res, err := sw.AdoptAll(ctx)
-			if ctx.Err() != nil {
-				return // shutting down: a cancelled pass is not a failure
-			}
-			record(res, err)
-			if err != nil {
-				logger.Warn("full adoption pass failed; retrying later", slog.Any("error", err))
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
 }

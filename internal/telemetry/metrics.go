@@ -1,19 +1,25 @@
-package main
+// Package telemetry owns the daemon's Prometheus metrics: the registry and
+// its series, and the adapters that feed them from the sweeper's hooks, the
+// scheduler's skipped ticks, the full adoption passes, the database health
+// checks and the inline handler's decisions.
+package telemetry
 
 import (
 	"context"
 	"errors"
+	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tasker-sweeper/retrysweeper/handling"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
-// metrics are the daemon's Prometheus series, on a registry of its own so
+// Metrics are the daemon's Prometheus series, on a registry of their own so
 // tests can build as many daemons as they like.
-type metrics struct {
+type Metrics struct {
 	registry     *prometheus.Registry
 	sweeps       *prometheus.CounterVec
 	transitioned prometheus.Counter
@@ -29,9 +35,10 @@ type metrics struct {
 	fullPasses   *prometheus.CounterVec
 }
 
-func newMetrics() *metrics {
+// New registers every series, plus the Go runtime and process collectors.
+func New() *Metrics {
 	const ns = "tasker_sweeper"
-	m := &metrics{
+	m := &Metrics{
 		registry: prometheus.NewRegistry(),
 		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "sweeps_total",
@@ -90,49 +97,56 @@ func newMetrics() *metrics {
 	return m
 }
 
-// sweepHooks feeds sweep and batch outcomes into the metrics.
-func (m *metrics) sweepHooks() sweeper.Hooks {
-	return sweeper.Hooks{
-		BatchDone: func(res sweeper.BatchResult, err error) {
-			switch {
-			case err != nil:
-				m.batches.WithLabelValues("failed").Inc()
-			case res.Claimed == 0:
-				m.batches.WithLabelValues("empty").Inc()
-			default:
-				m.batches.WithLabelValues("moved").Inc()
-			}
-			for _, mv := range res.Moved {
-				m.lag.Observe(max(mv.MovedAt.Sub(mv.DueAt).Seconds(), 0))
-			}
-		},
-		SweepDone: func(sum sweeper.Summary, err error) {
-			outcome := "success"
-			switch {
-			case errors.Is(err, context.Canceled):
-				outcome = "canceled"
-			case err != nil:
-				outcome = "failure"
-			case sum.DryRun:
-				outcome = "dry_run"
-			}
-			m.sweeps.WithLabelValues(outcome).Inc()
-			m.duration.Observe(sum.Duration.Seconds())
-			if !sum.DryRun {
-				m.transitioned.Add(float64(sum.Transitioned))
-				m.lostRaces.Add(float64(sum.LostRaces))
-				m.adopted.WithLabelValues("sweep").Add(float64(sum.Adopted))
-			}
-			if err == nil {
-				m.stranded.Set(float64(sum.Stranded))
-			}
-		},
+// Handler serves the registry in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// SweepHooks feeds sweep and batch outcomes into the metrics.
+func (m *Metrics) SweepHooks() sweeper.Hooks {
+	return sweeper.Hooks{BatchDone: m.batchDone, SweepDone: m.sweepDone}
+}
+
+func (m *Metrics) batchDone(res sweeper.BatchResult, err error) {
+	switch {
+	case err != nil:
+		m.batches.WithLabelValues("failed").Inc()
+	case res.Claimed == 0:
+		m.batches.WithLabelValues("empty").Inc()
+	default:
+		m.batches.WithLabelValues("moved").Inc()
+	}
+	for _, mv := range res.Moved {
+		m.lag.Observe(max(mv.MovedAt.Sub(mv.DueAt).Seconds(), 0))
 	}
 }
 
-// fullPass records one attempt at a full adoption pass; a check that found
-// none due is not a pass.
-func (m *metrics) fullPass(res sweeper.Adoption, err error) {
+func (m *Metrics) sweepDone(sum sweeper.Summary, err error) {
+	outcome := "success"
+	switch {
+	case errors.Is(err, context.Canceled):
+		outcome = "canceled"
+	case err != nil:
+		outcome = "failure"
+	case sum.DryRun:
+		outcome = "dry_run"
+	}
+	m.sweeps.WithLabelValues(outcome).Inc()
+	m.duration.Observe(sum.Duration.Seconds())
+	if !sum.DryRun {
+		m.transitioned.Add(float64(sum.Transitioned))
+		m.lostRaces.Add(float64(sum.LostRaces))
+		m.adopted.WithLabelValues("sweep").Add(float64(sum.Adopted))
+	}
+	if err == nil {
+		m.stranded.Set(float64(sum.Stranded))
+	}
+}
+
+// FullAdoptionPass records one attempt at a full adoption pass (fits
+// sweeper.FullAdoptionOptions.OnPassDone); a check that found none due is
+// not a pass.
+func (m *Metrics) FullAdoptionPass(res sweeper.Adoption, err error) {
 	switch {
 	case err != nil:
 		m.fullPasses.WithLabelValues("failed").Inc()
@@ -144,8 +158,39 @@ func (m *metrics) fullPass(res sweeper.Adoption, err error) {
 	}
 }
 
-func (m *metrics) skippedTick(reason string) { m.skippedTicks.WithLabelValues(reason).Inc() }
+// SkippedTick counts a scheduled tick skipped for reason (fits
+// sweeper.SchedulerOptions.OnSkippedTick).
+func (m *Metrics) SkippedTick(reason string) { m.skippedTicks.WithLabelValues(reason).Inc() }
 
-func (m *metrics) decision(res handling.Result) {
-	m.decisions.WithLabelValues(string(res.Action), string(res.Classification.Category)).Inc()
+// DatabaseChecked records a health check's verdict.
+func (m *Metrics) DatabaseChecked(up bool) {
+	if up {
+		m.databaseUp.Set(1)
+	} else {
+		m.databaseUp.Set(0)
+	}
+}
+
+// FailureHandler is the inline handler as CountDecisions wraps it.
+type FailureHandler interface {
+	HandleStepError(ctx context.Context, f handling.Failure) (handling.Result, error)
+}
+
+// CountDecisions wraps next so that every decision it makes is counted by
+// action and error category; errors are not decisions.
+func (m *Metrics) CountDecisions(next FailureHandler) FailureHandler {
+	return decisionCounter{next: next, metrics: m}
+}
+
+type decisionCounter struct {
+	next    FailureHandler
+	metrics *Metrics
+}
+
+func (d decisionCounter) HandleStepError(ctx context.Context, f handling.Failure) (handling.Result, error) {
+	res, err := d.next.HandleStepError(ctx, f)
+	if err == nil {
+		d.metrics.decisions.WithLabelValues(string(res.Action), string(res.Classification.Category)).Inc()
+	}
+	return res, err
 }
