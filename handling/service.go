@@ -98,7 +98,7 @@ type Store interface {
 	ApplyFailure(ctx context.Context, w FailureWrite) (Applied, error)
 }
 
-// Config holds the handler's switches (SPEC §6).
+// Config holds the handler's switches.
 type Config struct {
 	// UseErrorClassification off makes every error permanent.
 	UseErrorClassification bool
@@ -122,13 +122,37 @@ func DefaultConfig() Config {
 	}
 }
 
-// Validate reports the first unusable setting.
+// Validate reports the first setting out of range as a *FieldError; a
+// backoff field's error also unwraps to the *backoff.ConfigError.
 func (c Config) Validate() error {
 	if c.DefaultMaxAttempts < 1 {
-		return fmt.Errorf("default_max_attempts must be >= 1, got %d", c.DefaultMaxAttempts)
+		return &FieldError{Field: "default_max_attempts", Problem: fmt.Sprintf("must be >= 1, got %d", c.DefaultMaxAttempts)}
 	}
-	return c.Backoff.Validate()
+	if err := c.Backoff.Validate(); err != nil {
+		var ce *backoff.ConfigError
+		if errors.As(err, &ce) {
+			return &FieldError{Field: "backoff_" + ce.Field, Problem: ce.Problem, Err: err}
+		}
+		return fmt.Errorf("validate backoff: %w", err)
+	}
+	return nil
 }
+
+// FieldError names the Config field that is out of range, so a caller can
+// point at its own name for it (a flag, a config key).
+type FieldError struct {
+	// Field is the snake_case field name: default_max_attempts, or
+	// backoff_ and the backoff.ConfigError's field (backoff_base, ...).
+	Field   string
+	Problem string
+	// Err is the underlying error, if any (a *backoff.ConfigError).
+	Err error
+}
+
+func (e *FieldError) Error() string { return "handler " + e.Field + " " + e.Problem }
+
+// Unwrap returns the underlying error.
+func (e *FieldError) Unwrap() error { return e.Err }
 
 // Result is the handler's answer, serialisable as the API's JSON body.
 type Result struct {
@@ -166,13 +190,16 @@ func WithRand(r backoff.Rand) Option { return func(s *Service) { s.rnd = r } }
 // WithClock sets the clock used to judge Retry-After dates.
 func WithClock(now func() time.Time) Option { return func(s *Service) { s.now = now } }
 
-// NewService builds a handler; cfg must be valid (see Config.Validate).
-func NewService(store Store, cfg Config, opts ...Option) *Service {
+// NewService builds a handler, refusing a cfg that Config.Validate rejects.
+func NewService(store Store, cfg Config, opts ...Option) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new failure handler: %w", err)
+	}
 	s := &Service{store: store, classifier: StandardClassifier{}, cfg: cfg, rnd: globalRand{}, now: time.Now}
 	for _, o := range opts {
 		o(s)
 	}
-	return s
+	return s, nil
 }
 
 // maxRaceRetries bounds how often a decision is re-made after another writer

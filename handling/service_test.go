@@ -38,11 +38,14 @@ type fixedRand float64
 
 func (r fixedRand) Float64() float64 { return float64(r) }
 
-func newService(pool *pgxpool.Pool, cfg handling.Config, opts ...handling.Option) *handling.Service {
+func newService(t testing.TB, pool *pgxpool.Pool, cfg handling.Config, opts ...handling.Option) *handling.Service {
+	t.Helper()
 	// A far-from-neutral draw: should jitter ever be applied by mistake, the
 	// delay moves and the literal expectations fail.
 	all := append([]handling.Option{handling.WithRand(fixedRand(0.99))}, opts...)
-	return handling.NewService(db.NewStore(pool), cfg, all...)
+	svc, err := handling.NewService(db.NewStore(pool), cfg, all...)
+	require.NoError(t, err)
+	return svc
 }
 
 // placeStep creates a one-step task whose step is in state, with cols set.
@@ -179,7 +182,7 @@ func testHandleStepErrorSchedulesRetry(t *testing.T, pool *pgxpool.Pool, objects
 	require.Nil(t, before.BackoffRequestSeconds)
 	require.True(t, before.InProcess)
 
-	res, err := newService(pool, jitterOff()).HandleStepError(context.Background(), handling.Failure{
+	res, err := newService(t, pool, jitterOff()).HandleStepError(context.Background(), handling.Failure{
 		StepUUID: step, Message: "upstream hiccup", Source: "worker",
 	})
 	now := dbNow(t, pool)
@@ -439,7 +442,7 @@ func TestHandleStepErrorDecisions(t *testing.T) {
 				f := tc.failure
 				f.StepUUID = step
 
-				res, err := newService(pool, cfg, tc.opts...).HandleStepError(context.Background(), f)
+				res, err := newService(t, pool, cfg, tc.opts...).HandleStepError(context.Background(), f)
 				now := dbNow(t, pool)
 				require.NoError(t, err)
 				require.Equal(t, tc.wantAction, res.Action)
@@ -546,8 +549,9 @@ FOR EACH ROW EXECUTE FUNCTION public.stall_transition_insert();`)
 	// first and then waits for it.
 	defer wg.Wait()
 	defer cancel()
+	svc := newService(t, pool, jitterOff())
 	wg.Go(func() {
-		res, handleErr = newService(pool, jitterOff()).HandleStepError(handleCtx, handling.Failure{
+		res, handleErr = svc.HandleStepError(handleCtx, handling.Failure{
 			StepUUID: step, Message: "upstream hiccup",
 		})
 	})
@@ -616,7 +620,7 @@ func TestHandleStepErrorConflictWritesNothing(t *testing.T) {
 				}).Steps[0]
 				before := snapshot(t, pool, step)
 
-				_, err := newService(pool, jitterOff()).HandleStepError(context.Background(), handling.Failure{
+				_, err := newService(t, pool, jitterOff()).HandleStepError(context.Background(), handling.Failure{
 					StepUUID: step, Message: "upstream hiccup",
 				})
 				require.ErrorIs(t, err, handling.ErrConflict)
@@ -629,7 +633,7 @@ func TestHandleStepErrorConflictWritesNothing(t *testing.T) {
 
 func TestHandleStepErrorUnknownStep(t *testing.T) {
 	t.Parallel()
-	svc := newService(testdb.New(t), jitterOff())
+	svc := newService(t, testdb.New(t), jitterOff())
 
 	_, err := svc.HandleStepError(context.Background(), handling.Failure{StepUUID: uuid.New(), Message: "boom"})
 	require.ErrorIs(t, err, statemachine.ErrStepNotFound)
@@ -658,7 +662,7 @@ func TestHandleStepErrorRepeatedReportIsNoAction(t *testing.T) {
 			step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 				Attempts: testdb.Ptr(tc.attempts), MaxAttempts: testdb.Ptr[int32](3),
 			}).Steps[0]
-			svc := newService(pool, jitterOff())
+			svc := newService(t, pool, jitterOff())
 			f := handling.Failure{StepUUID: step, Message: "upstream hiccup"}
 
 			first, err := svc.HandleStepError(context.Background(), f)
@@ -689,7 +693,7 @@ func testHandleStepErrorConcurrentReportsExactlyOneWins(t *testing.T, pool *pgxp
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 		Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3),
 	}).Steps[0]
-	svc := newService(pool, jitterOff())
+	svc := newService(t, pool, jitterOff())
 
 	const reporters = 8
 	results := make([]handling.Result, reporters)
@@ -743,7 +747,7 @@ func TestHandleStepErrorStripsNUL(t *testing.T) {
 		Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3),
 	}).Steps[0]
 
-	res, err := newService(pool, jitterOff()).HandleStepError(context.Background(), handling.Failure{
+	res, err := newService(t, pool, jitterOff()).HandleStepError(context.Background(), handling.Failure{
 		StepUUID: step, Message: "bad\x00byte",
 	})
 	require.NoError(t, err)
@@ -785,7 +789,7 @@ func TestHandleStepErrorClassifierContext(t *testing.T) {
 	step := task.Steps[0]
 	classifier := &recordingClassifier{}
 
-	res, err := newService(pool, jitterOff(), handling.WithClassifier(classifier)).HandleStepError(
+	res, err := newService(t, pool, jitterOff(), handling.WithClassifier(classifier)).HandleStepError(
 		context.Background(), handling.Failure{
 			StepUUID: step, Message: "upstream hiccup", Source: "http_api", Kind: "whatever", HTTPStatus: 500,
 		})
@@ -827,7 +831,7 @@ func TestHandleStepErrorClassifierSeesDefaultMaxAttempts(t *testing.T) {
 	cfg := jitterOff()
 	cfg.DefaultMaxAttempts = 7
 
-	res, err := newService(pool, cfg, handling.WithClassifier(classifier)).HandleStepError(
+	res, err := newService(t, pool, cfg, handling.WithClassifier(classifier)).HandleStepError(
 		context.Background(), handling.Failure{StepUUID: step, Message: "upstream hiccup"})
 	require.NoError(t, err)
 	require.Equal(t, 7, res.MaxAttempts)
@@ -849,7 +853,7 @@ func TestHandleStepErrorJitterFromInjectedRand(t *testing.T) {
 	cfg.Backoff.JitterFraction = 0.5
 
 	// 1 s × 2³ = 8 s; a draw of 0.75 is +0.5 × 0.5 × 8 s = +2 s.
-	res, err := newService(pool, cfg, handling.WithRand(fixedRand(0.75))).HandleStepError(
+	res, err := newService(t, pool, cfg, handling.WithRand(fixedRand(0.75))).HandleStepError(
 		context.Background(), handling.Failure{StepUUID: step, Message: "upstream hiccup"})
 	require.NoError(t, err)
 	require.NotNil(t, res.BackoffSeconds)

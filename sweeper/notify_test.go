@@ -40,7 +40,7 @@ func TestSweepNotifiesTaskIDs(t *testing.T) {
 	require.NoError(t, err)
 
 	cfg := sweeper.Config{BatchSize: 1000, Workers: 1, BatchTimeout: 10 * time.Second, NotifyChannel: "steps_ready"}
-	sum, err := sweeper.New(db.NewStore(pool), cfg, discard, sweeper.Hooks{}).RunOnce(ctx, false)
+	sum, err := mustNew(t, db.NewStore(pool), cfg).RunOnce(ctx, false)
 	require.NoError(t, err)
 	require.Equal(t, tasks, sum.Transitioned)
 

@@ -38,15 +38,15 @@ func scheduleOf(t *testing.T, pool *pgxpool.Pool, step uuid.UUID) (scheduleRow, 
 func afterFirstSweep(t *testing.T) (*pgxpool.Pool, *sweeper.Sweeper) {
 	t.Helper()
 	pool := testdb.New(t)
-	sw := newSweeper(pool)
+	sw := newSweeper(t, pool)
 	sum, err := sw.RunOnce(context.Background(), false)
 	require.NoError(t, err)
 	require.Equal(t, sweeper.PathSchedule, sum.Path)
 	return pool, sw
 }
 
-func newSweeper(pool *pgxpool.Pool) *sweeper.Sweeper {
-	return sweeper.New(db.NewStore(pool), sweeper.Config{BatchSize: 100, Workers: 2, BatchTimeout: 10 * time.Second}, discard, sweeper.Hooks{})
+func newSweeper(t testing.TB, pool *pgxpool.Pool) *sweeper.Sweeper {
+	return mustNew(t, db.NewStore(pool), sweeper.Config{BatchSize: 100, Workers: 2, BatchTimeout: 10 * time.Second})
 }
 
 // The inline handler puts the step it parks on the schedule in the same
@@ -57,7 +57,7 @@ func TestHandlerParksOnTheSchedule(t *testing.T) {
 	pool := testdb.New(t)
 	ctx := context.Background()
 	store := db.NewStore(pool)
-	sw := newSweeper(pool)
+	sw := newSweeper(t, pool)
 	_, err := sw.RunOnce(ctx, false) // the first sweep's full adoption pass
 	require.NoError(t, err)
 
@@ -66,7 +66,9 @@ func TestHandlerParksOnTheSchedule(t *testing.T) {
 	testdb.SetColumns(t, pool, step, testdb.StepColumns{Attempts: testdb.Ptr[int32](1)})
 	cfg := handling.DefaultConfig()
 	cfg.Backoff.Jitter = false
-	res, err := handling.NewService(store, cfg).HandleStepError(ctx, handling.Failure{StepUUID: step, Message: "connection reset"})
+	handler, err := handling.NewService(store, cfg)
+	require.NoError(t, err)
+	res, err := handler.HandleStepError(ctx, handling.Failure{StepUUID: step, Message: "connection reset"})
 	require.NoError(t, err)
 	require.Equal(t, handling.ActionTransitionedToWaitingForRetry, res.Action)
 
@@ -99,7 +101,7 @@ func TestSweepAdoptsStepsParkedByOtherWriters(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t)
 	ctx := context.Background()
-	sw := newSweeper(pool)
+	sw := newSweeper(t, pool)
 	first, err := sw.RunOnce(ctx, false)
 	require.NoError(t, err)
 	require.Equal(t, sweeper.PathSchedule, first.Path)
@@ -207,7 +209,7 @@ func TestIdleSweepWritesNothing(t *testing.T) {
 		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 		parkNotDue(t, pool, step)
 		store := &countingStore{Store: db.NewStore(pool)}
-		sw := sweeper.New(store, sweeper.DefaultConfig(), discard, sweeper.Hooks{})
+		sw := mustNew(t, store, sweeper.DefaultConfig())
 		_, err := sw.RunOnce(ctx, false) // the first ever: full adoption
 		require.NoError(t, err)
 		store.batches.Store(0)

@@ -39,15 +39,15 @@ func ParseSchedule(spec string) (cron.Schedule, error) {
 
 // Skip reasons passed to SchedulerOptions.OnSkippedTick.
 const (
-	SkipSweepRunning = "sweep_running"
-	SkipNotReady     = "database_unavailable"
+	SkipSweepRunning        = "sweep_running"
+	SkipDatabaseUnavailable = "database_unavailable"
 )
 
 // SchedulerOptions are the optional parts of a Scheduler.
 type SchedulerOptions struct {
-	// Ready reports whether the database is reachable; ticks while it is
-	// not are skipped instead of piling up failing sweeps.
-	Ready func() bool
+	// DatabaseReady reports whether the database is reachable; ticks while
+	// it is not are skipped instead of piling up failing sweeps.
+	DatabaseReady func() bool
 	// OnSkippedTick is told about every skipped tick and why.
 	OnSkippedTick func(reason string)
 }
@@ -88,8 +88,8 @@ func (s *Scheduler) Run(ctx context.Context) {
 			return
 		case <-timer.C:
 		}
-		if s.opts.Ready != nil && !s.opts.Ready() {
-			s.skip(SkipNotReady)
+		if s.opts.DatabaseReady != nil && !s.opts.DatabaseReady() {
+			s.skip(SkipDatabaseUnavailable)
 			continue
 		}
 		select {

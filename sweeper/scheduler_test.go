@@ -51,7 +51,7 @@ func TestManualTriggerWaitsForScheduledSweep(t *testing.T) {
 	store := &gatedStore{Store: db.NewStore(pool), entered: make(chan struct{}, 16), gate: make(chan struct{})}
 	cfg := sweeper.Config{BatchSize: 100, Workers: 1, BatchTimeout: 10 * time.Second}
 	skipped := make(chan string, 16)
-	sched, err := sweeper.NewScheduler(sweeper.New(store, cfg, discard, sweeper.Hooks{}), "@every 1s", discard,
+	sched, err := sweeper.NewScheduler(mustNew(t, store, cfg), "@every 1s", discard,
 		sweeper.SchedulerOptions{OnSkippedTick: func(reason string) { skipped <- reason }})
 	require.NoError(t, err)
 
@@ -92,7 +92,7 @@ func TestPanickingSweepIsRecovered(t *testing.T) {
 	store := &gatedStore{Store: db.NewStore(pool), entered: make(chan struct{}, 16), gate: make(chan struct{})}
 	close(store.gate)
 	store.panicNow.Store(true)
-	sched, err := sweeper.NewScheduler(sweeper.New(store, sweeper.DefaultConfig(), discard, sweeper.Hooks{}),
+	sched, err := sweeper.NewScheduler(mustNew(t, store, sweeper.DefaultConfig()),
 		"@hourly", discard, sweeper.SchedulerOptions{})
 	require.NoError(t, err)
 
@@ -110,16 +110,16 @@ func TestSchedulerSkipsTicksWhileDatabaseUnavailable(t *testing.T) {
 	pool := testdb.New(t)
 	store := &gatedStore{Store: db.NewStore(pool), entered: make(chan struct{}, 16), gate: make(chan struct{})}
 	skipped := make(chan string, 16)
-	sched, err := sweeper.NewScheduler(sweeper.New(store, sweeper.DefaultConfig(), discard, sweeper.Hooks{}),
+	sched, err := sweeper.NewScheduler(mustNew(t, store, sweeper.DefaultConfig()),
 		"* * * * * *", discard, sweeper.SchedulerOptions{
-			Ready:         func() bool { return false },
+			DatabaseReady: func() bool { return false },
 			OnSkippedTick: func(reason string) { skipped <- reason },
 		})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); sched.Run(ctx) }()
-	require.Equal(t, sweeper.SkipNotReady, <-skipped)
+	require.Equal(t, sweeper.SkipDatabaseUnavailable, <-skipped)
 	cancel()
 	<-done
 	require.Empty(t, store.entered, "no sweep ran while the database was unavailable")

@@ -264,7 +264,7 @@ func testSweepMovesExactlyTheDueSteps(t *testing.T, objects testdb.Objects) {
 	}
 	require.NotEmpty(t, wantDue)
 
-	sw := sweeper.New(db.NewStore(pool), sweeper.Config{BatchSize: 3, Workers: 2, BatchTimeout: 10 * time.Second}, discard, sweeper.Hooks{})
+	sw := mustNew(t, db.NewStore(pool), sweeper.Config{BatchSize: 3, Workers: 2, BatchTimeout: 10 * time.Second})
 	dry, err := sw.RunOnce(ctx, true)
 	require.NoError(t, err)
 	require.True(t, dry.DryRun)
@@ -342,9 +342,10 @@ func testConcurrentSweepersMoveEachStepOnce(t *testing.T, objects testdb.Objects
 	errs := make(chan error, 4)
 	start := make(chan struct{})
 	for range 4 {
+		sw := mustNew(t, db.NewStore(pool), cfg)
 		go func() {
 			<-start
-			sum, err := sweeper.New(db.NewStore(pool), cfg, discard, sweeper.Hooks{}).RunOnce(ctx, false)
+			sum, err := sw.RunOnce(ctx, false)
 			results <- sum
 			errs <- err
 		}()

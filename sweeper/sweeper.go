@@ -176,18 +176,40 @@ func DefaultConfig() Config {
 	return Config{BatchSize: 1000, Workers: 4, BatchTimeout: 30 * time.Second}
 }
 
-// Validate reports the first unusable setting.
+// Config limits. The notify channel is a PostgreSQL identifier, which the
+// server truncates past 63 bytes.
+const (
+	MaxBatchSize        = 100_000
+	MaxWorkers          = 64
+	MaxNotifyChannelLen = 63
+)
+
+// Validate reports the first setting out of range as a *FieldError.
 func (c Config) Validate() error {
 	switch {
-	case c.BatchSize < 1:
-		return fmt.Errorf("batch size must be >= 1, got %d", c.BatchSize)
-	case c.Workers < 1:
-		return fmt.Errorf("workers must be >= 1, got %d", c.Workers)
+	case c.BatchSize < 1 || c.BatchSize > MaxBatchSize:
+		return &FieldError{Field: "batch_size", Problem: fmt.Sprintf("must be between 1 and %d, got %d", MaxBatchSize, c.BatchSize)}
+	case c.Workers < 1 || c.Workers > MaxWorkers:
+		return &FieldError{Field: "workers", Problem: fmt.Sprintf("must be between 1 and %d, got %d", MaxWorkers, c.Workers)}
 	case c.BatchTimeout <= 0:
-		return fmt.Errorf("batch timeout must be > 0, got %s", c.BatchTimeout)
+		return &FieldError{Field: "batch_timeout", Problem: fmt.Sprintf("must be > 0, got %s", c.BatchTimeout)}
+	case len(c.NotifyChannel) > MaxNotifyChannelLen:
+		return &FieldError{Field: "notify_channel", Problem: fmt.Sprintf(
+			"must be at most %d bytes (PostgreSQL's identifier limit), got %d", MaxNotifyChannelLen, len(c.NotifyChannel))}
 	}
 	return nil
 }
+
+// FieldError names the Config field that is out of range, so a caller can
+// point at its own name for it (a flag, a config key).
+type FieldError struct {
+	// Field is the snake_case field name: batch_size, workers,
+	// batch_timeout, notify_channel.
+	Field   string
+	Problem string
+}
+
+func (e *FieldError) Error() string { return "sweep " + e.Field + " " + e.Problem }
 
 // Summary is the outcome of one sweep: logged, exported as metrics and
 // returned to whoever asked for it.
@@ -241,9 +263,12 @@ type Sweeper struct {
 	abort     context.CancelFunc
 }
 
-// New builds a Sweeper; cfg must be valid (see Config.Validate).
-func New(store Store, cfg Config, logger *slog.Logger, hooks Hooks) *Sweeper {
-	return &Sweeper{store: store, cfg: cfg, logger: logger, hooks: hooks}
+// New builds a Sweeper, refusing a cfg that Config.Validate rejects.
+func New(store Store, cfg Config, logger *slog.Logger, hooks Hooks) (*Sweeper, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("new sweeper: %w", err)
+	}
+	return &Sweeper{store: store, cfg: cfg, logger: logger, hooks: hooks}, nil
 }
 
 // strandedSampleSize is how many stranded step ids a sweep logs.
@@ -383,7 +408,7 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 	for !exhausted.Load() && ctx.Err() == nil {
 		number++
 		batch := Batch{SweepID: sum.SweepID, Number: number, Limit: s.cfg.BatchSize, NotifyChannel: s.cfg.NotifyChannel}
-		do := func() error {
+		runAndTally := func() error {
 			res, err := s.runBatch(ctx, batch)
 			if err != nil || res.Claimed < batch.Limit {
 				exhausted.Store(true)
@@ -408,10 +433,10 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 		if number == 1 {
 			// The first batch runs alone: an idle sweep costs one
 			// transaction, and workers start only when there is a backlog.
-			_ = do()
+			_ = runAndTally()
 			continue
 		}
-		g.Go(do)
+		g.Go(runAndTally)
 	}
 	_ = g.Wait()
 	if ctx.Err() != nil && !exhausted.Load() {

@@ -1,110 +1,19 @@
-// Command sweeper is the tasker retry sweeper sidecar: a daemon that sweeps
-// expired backoffs on a cron schedule and serves a small admin API, plus
-// one-shot commands for the same jobs. This package is the composition root:
-// it parses configuration, builds the logger, the pool and the services, and
-// maps outcomes to exit codes. Nothing imports it.
+// Command sweeper is the tasker retry sweeper sidecar. SIGINT and SIGTERM
+// stop it cleanly; internal/cli does everything else.
 package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/tasker-sweeper/retrysweeper/internal/cli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	code := cli.Main(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
-}
-
-// Exit codes shared by every subcommand.
-const (
-	exitOK       = 0
-	exitRuntime  = 1
-	exitUsage    = 2
-	exitRejected = 3 // the request was valid but refused: unknown step, illegal state
-)
-
-// exitError carries the exit code an error should end the process with.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-// usageErrorf reports bad flags, arguments or configuration: exit 2.
-func usageErrorf(format string, args ...any) error {
-	return &exitError{code: exitUsage, err: fmt.Errorf(format, args...)}
-}
-
-// env is what a subcommand may touch of the outside world.
-type env struct {
-	getenv func(string) string
-	stdout io.Writer
-	stderr io.Writer
-}
-
-type command struct {
-	name    string
-	summary string
-	run     func(ctx context.Context, e env, args []string) error
-}
-
-func commands() []command {
-	return []command{
-		{"run", "run the daemon: scheduled sweeps and the HTTP admin API", runDaemon},
-		{"once", "run one sweep now and print its summary", runOnce},
-		{"status", "print step counts per state, due and stranded steps", runStatus},
-		{"fail", "report one step failure to the inline handler", runFail},
-		{"migrate", "apply the sweeper's database migrations", runMigrate},
-		{"demo", "run the daemon against a throwaway PostgreSQL with demo data", runDemo},
-	}
-}
-
-// run is main without the process: every input is explicit, so tests can
-// call it directly.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
-	e := env{getenv: getenv, stdout: stdout, stderr: stderr}
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		printUsage(stdout)
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
-	}
-	for _, c := range commands() {
-		if c.name != args[0] {
-			continue
-		}
-		err := c.run(ctx, e, args[1:])
-		if err == nil || errors.Is(err, errHelp) {
-			return exitOK
-		}
-		fmt.Fprintf(stderr, "sweeper %s: %v\n", c.name, err)
-		var ee *exitError
-		if errors.As(err, &ee) {
-			return ee.code
-		}
-		return exitRuntime
-	}
-	fmt.Fprintf(stderr, "sweeper: unknown command %q (try 'sweeper help')\n", args[0])
-	return exitUsage
-}
-
-func printUsage(w io.Writer) {
-	fmt.Fprintln(w, "usage: sweeper <command> [flags]")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "commands:")
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "'sweeper <command> -h' lists a command's flags; each flag falls back to an environment variable.")
 }

@@ -173,7 +173,8 @@ func (d *demo) run(ctx context.Context) (err error) {
 	handlerCfg := handling.DefaultConfig()
 	handlerCfg.Backoff.Base = time.Second
 	handlerCfg.Backoff.Max = backoffMax
-	if err := handlerCfg.Validate(); err != nil {
+	handler, err := handling.NewService(store, handlerCfg)
+	if err != nil {
 		return fmt.Errorf("configure the demo's inline handler: %w", err)
 	}
 
@@ -185,7 +186,7 @@ func (d *demo) run(ctx context.Context) (err error) {
 	fmt.Fprintf(d.opts.Out, "Seeded %d tasks × %d steps into %s (%d steps, %d edges, %d transitions).\n",
 		seeded.tasks, len(stepNames), where, seeded.steps, seeded.edges, seeded.transitions)
 
-	w := newWorld(store, q, handling.NewService(store, handlerCfg), d.logger, p)
+	w := newWorld(store, q, handler, d.logger, p)
 	if err := w.reportSeededFailures(ctx, p); err != nil {
 		return err
 	}

@@ -215,7 +215,9 @@ func TestFeederRerunsTheStepsTheSweepHandsBack(t *testing.T) {
 
 	handlerCfg := handling.DefaultConfig()
 	handlerCfg.Backoff.Base, handlerCfg.Backoff.Max = time.Second, backoffMax
-	w := newWorld(store, q, handling.NewService(store, handlerCfg), logger, p)
+	handler, err := handling.NewService(store, handlerCfg)
+	require.NoError(t, err)
+	w := newWorld(store, q, handler, logger, p)
 	require.NoError(t, w.reportSeededFailures(ctx, p))
 	_, decisions, _ := w.tally.snapshot()
 	require.Equal(t, 4, decisions[handling.ActionTransitionedToWaitingForRetry].total)
@@ -340,7 +342,7 @@ func sweepUntilMoved(ctx context.Context, store *db.Store, cfg sweeper.Config, l
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var moved atomic.Bool
-	sw := sweeper.New(store, cfg, logger, sweeper.Hooks{SweepDone: func(sum sweeper.Summary, err error) {
+	sw, err := sweeper.New(store, cfg, logger, sweeper.Hooks{SweepDone: func(sum sweeper.Summary, err error) {
 		if done != nil {
 			done(sum, err)
 		}
@@ -349,6 +351,9 @@ func sweepUntilMoved(ctx context.Context, store *db.Store, cfg sweeper.Config, l
 			stop()
 		}
 	}})
+	if err != nil {
+		return false, err
+	}
 	sched, err := sweeper.NewScheduler(sw, schedule, logger, sweeper.SchedulerOptions{})
 	if err != nil {
 		return false, err

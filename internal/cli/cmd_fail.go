@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -63,7 +63,11 @@ func runFail(ctx context.Context, e env, args []string) error {
 		return err
 	}
 	defer store.Pool().Close()
-	res, err := handling.NewService(store, *cfg).HandleStepError(ctx, failure)
+	handler, err := handling.NewService(store, *cfg)
+	if err != nil {
+		return configError(err)
+	}
+	res, err := handler.HandleStepError(ctx, failure)
 	switch {
 	case errors.Is(err, statemachine.ErrStepNotFound), errors.Is(err, handling.ErrConflict):
 		return &exitError{code: exitRejected, err: err}

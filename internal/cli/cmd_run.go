@@ -1,10 +1,9 @@
-package main
+package cli
 
 import (
 	"context"
 	"errors"
 	"fmt"
-
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/tasker-sweeper/retrysweeper/db"
 	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/admin"
+	"github.com/tasker-sweeper/retrysweeper/internal/telemetry"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
@@ -26,6 +27,8 @@ type daemonConfig struct {
 	httpAddr    string
 	adminToken  string
 	grace       time.Duration
+	// reconcileInterval is how old the last reconcile pass may get.
+	reconcileInterval time.Duration
 }
 
 // sweepFlags registers the sweep's flags (shared by run and once).
@@ -42,16 +45,17 @@ func sweepFlags(f *flags) *sweeper.Config {
 	return &c
 }
 
-func checkSweepConfig(c *sweeper.Config) error {
-	switch {
-	case c.BatchSize < 1 || c.BatchSize > 100_000:
-		return usageErrorf("invalid --batch-size %d: must be between 1 and 100000", c.BatchSize)
-	case c.Workers < 1 || c.Workers > 64:
-		return usageErrorf("invalid --workers %d: must be between 1 and 64", c.Workers)
-	case c.BatchTimeout <= 0:
-		return usageErrorf("invalid --batch-timeout %s: must be > 0", c.BatchTimeout)
-	case len(c.NotifyChannel) > 63:
-		return usageErrorf("invalid --notify-channel: longer than PostgreSQL's 63-byte identifier limit")
+// reconcileFlag registers --reconcile-interval (run and once).
+func reconcileFlag(f *flags) *time.Duration {
+	d := f.fs.Duration("reconcile-interval", sweeper.DefaultReconcileInterval,
+		"how old the last reconcile pass (by any replica) may get before this process runs one")
+	f.env("reconcile-interval", "SWEEPER_RECONCILE_INTERVAL")
+	return d
+}
+
+func checkReconcileInterval(d time.Duration) error {
+	if d < time.Second || d > 24*time.Hour {
+		return usageErrorf("invalid --reconcile-interval %s: must be between 1s and 24h", d)
 	}
 	return nil
 }
@@ -65,7 +69,9 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	schedule := f.fs.String("schedule", "@every 5s", "cron spec for sweeps: 5 fields, 6 with seconds, or @every/@hourly")
 	httpAddr := f.fs.String("http-addr", "127.0.0.1:9090", "admin API listen address")
 	token := f.fs.String("admin-token", "", "bearer token for the admin API's POST endpoints (required off loopback)")
-	grace := f.fs.Duration("shutdown-grace", 30*time.Second, "how long a shutdown waits for in-flight batches")
+	grace := f.fs.Duration("shutdown-grace", 30*time.Second,
+		"how long a shutdown waits for in-flight batches before cancelling them (they roll back whole)")
+	reconcile := reconcileFlag(f)
 	f.env("schedule", "SWEEPER_SCHEDULE")
 	f.env("http-addr", "SWEEPER_HTTP_ADDR")
 	f.env("admin-token", "SWEEPER_ADMIN_TOKEN")
@@ -73,7 +79,10 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	return func() (daemonConfig, error) {
 		cfg := daemonConfig{
 			databaseURL: *dbURL, schedule: *schedule, sweep: *sweepCfg, handler: *handlerCfg,
-			httpAddr: *httpAddr, adminToken: *token, grace: *grace,
+			httpAddr: *httpAddr, adminToken: *token, grace: *grace, reconcileInterval: *reconcile,
+		}
+		if err := checkReconcileInterval(cfg.reconcileInterval); err != nil {
+			return cfg, err
 		}
 		if err := checkDatabaseURL(cfg.databaseURL); err != nil {
 			return cfg, err
@@ -133,8 +142,12 @@ func runDaemon(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
-	return serveDaemon(ctx, cfg, logger, daemonHooks{})
+	return serveDaemon(ctx, cfg, logger, e.daemon)
 }
+
+// abortWait bounds how long a shutdown waits for cancelled batches to
+// return, so the process exits within its grace period plus about a second.
+const abortWait = 800 * time.Millisecond
 
 // daemonHooks let a caller of serveDaemon (the demo, tests) observe it.
 // Every field is optional.
@@ -143,12 +156,14 @@ type daemonHooks struct {
 	started func(addr string)
 	// sweepDone runs after every sweep, scheduled or manual.
 	sweepDone func(sweeper.Summary, error)
+	// databaseChecked receives every health check's verdict.
+	databaseChecked func(up bool)
 }
 
 // serveDaemon runs the daemon until ctx is cancelled: admin API, database
-// health checks and scheduled sweeps. It starts even when the database is
-// down. On shutdown it stops the API and the schedule, then gives in-flight
-// batches cfg.grace to commit.
+// health checks, scheduled sweeps and full adoption passes. It starts even
+// when the database is down. On shutdown it stops the API and the schedule,
+// then gives in-flight batches cfg.grace to commit.
 func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hooks daemonHooks) error {
 	poolCfg, err := db.PoolConfig(cfg.databaseURL)
 	if err != nil {
@@ -163,15 +178,14 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	defer pool.Close()
 
 	store := db.NewStore(pool)
-	m := newMetrics()
+	metrics := telemetry.New()
 	health := newDBHealth(store.Ping, logger, func(up bool) {
-		if up {
-			m.databaseUp.Set(1)
-		} else {
-			m.databaseUp.Set(0)
+		metrics.DatabaseChecked(up)
+		if hooks.databaseChecked != nil {
+			hooks.databaseChecked(up)
 		}
 	})
-	sweepHooks := m.sweepHooks()
+	sweepHooks := metrics.SweepHooks()
 	if hooks.sweepDone != nil {
 		recordSweep := sweepHooks.SweepDone
 		sweepHooks.SweepDone = func(sum sweeper.Summary, err error) {
@@ -179,35 +193,36 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 			hooks.sweepDone(sum, err)
 		}
 	}
-	sw := sweeper.New(store, cfg.sweep, logger, sweepHooks)
+	sw, err := sweeper.New(store, cfg.sweep, logger, sweepHooks)
+	if err != nil {
+		return configError(err)
+	}
 	sched, err := sweeper.NewScheduler(sw, cfg.schedule, logger, sweeper.SchedulerOptions{
-		Ready: health.Ready, OnSkippedTick: m.skippedTick,
+		DatabaseReady: health.Ready, OnSkippedTick: metrics.SkippedTick,
 	})
 	if err != nil {
 		return usageErrorf("invalid --schedule: %v", err)
 	}
-	handler := handling.NewService(store, cfg.handler)
+	handler, err := handling.NewService(store, cfg.handler)
+	if err != nil {
+		return configError(err)
+	}
 
 	listener, err := net.Listen("tcp", cfg.httpAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
 	}
 	srv := &http.Server{
-		Handler: newAdminAPI(adminDeps{
-			scheduler: sched,
-			sweeper:   sw,
-			store:     store,
-			ready:     health.Ready,
-			metrics:   m,
-			token:     cfg.adminToken,
-			logger:    logger,
-			handleFailure: func(ctx context.Context, f handling.Failure) (handling.Result, error) {
-				res, err := handler.HandleStepError(ctx, f)
-				if err == nil {
-					m.decision(res)
-				}
-				return res, err
-			},
+		Handler: admin.New(admin.Deps{
+			Sweeps:     sched,
+			Steps:      sw,
+			Failures:   metrics.CountDecisions(handler),
+			StepStatus: store,
+			Status:     store,
+			Readiness:  health,
+			Metrics:    metrics.Handler(),
+			Token:      cfg.adminToken,
+			Logger:     logger,
 		}),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
@@ -227,13 +242,18 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	go func() { defer close(healthDone); health.run(runCtx) }()
 	schedDone := make(chan struct{})
 	go func() { defer close(schedDone); sched.Run(runCtx) }()
-	adoptDone := make(chan struct{})
-	go func() { defer close(adoptDone); fullAdoptionLoop(runCtx, sw, health.Ready, m.fullPass, logger) }()
+	reconcileDone := make(chan struct{})
+	go func() {
+		defer close(reconcileDone)
+		sw.RunReconcile(runCtx, sweeper.ReconcileOptions{
+			Interval: cfg.reconcileInterval, DatabaseReady: health.Ready, OnPassDone: metrics.ReconcilePass,
+		})
+	}()
 
 	var runErr error
 	select {
 	case <-ctx.Done():
-		logger.Info("shutting down: no new sweeps; waiting for in-flight batches", slog.Duration("grace", cfg.grace))
+		logger.Info("shutting down: no new sweeps; waiting for in-flight batches", slog.String("grace", cfg.grace.String()))
 	case err := <-serveErr:
 		runErr = fmt.Errorf("admin API: %w", err)
 	}
@@ -247,48 +267,20 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	select {
 	case <-schedDone:
 	case <-shutdownCtx.Done():
-		logger.Warn("grace period over with a sweep still running; its open batch rolls back")
+		// Past the grace: cancel the batches in flight. Each is one
+		// transaction, so it rolls back whole; the steps wait for the next
+		// sweep (any replica's).
+		logger.Warn("grace period over with a sweep still running: cancelling its batches (they roll back)",
+			slog.String("grace", cfg.grace.String()))
+		sw.AbortBatches()
+		select {
+		case <-schedDone:
+		case <-time.After(abortWait):
+			logger.Warn("batches still running after their cancellation; exiting anyway")
+		}
 	}
 	<-healthDone
-	<-adoptDone // a full pass in flight is cancelled: it rolls back whole
+	<-reconcileDone // a pass in flight is cancelled: it rolls back whole
 	logger.Info("sweeper stopped")
 	return runErr
-}
-
-// fullAdoptionCheck is how often the daemon asks whether a full adoption
-// pass is due; the database decides (every 15 minutes, one replica at a
-// time), so this only bounds how late one starts.
-const fullAdoptionCheck = time.Minute
-
-// reconcileInterval is how old the last reconcile pass may get.
-const reconcileInterval = 5 * time.Minute
-
-// fullAdoptionLoop runs the full adoption passes beside the scheduler, not
-// inside a sweep: a pass over a million waiting steps takes seconds and
-// must not hold up the steps that are due meanwhile.
-// Each attempt's outcome goes to record (the metrics).
-func fullAdoptionLoop(ctx context.Context, sw *sweeper.Sweeper, ready func() bool,
-	record func(sweeper.Reconciliation, error), logger *slog.Logger) {
-	tick := time.NewTicker(fullAdoptionCheck)
-	defer tick.Stop()
-	for {
-		if ready() {
-			res, err := sw.Reconcile(ctx, reconcileInterval)
-			if errors.Is(err, sweeper.ErrNoSchedule) {
-				return
-			}
-			if ctx.Err() != nil {
-				return // shutting down: a cancelled pass is not a failure
-			}
-			record(res, err)
-			if err != nil {
-				logger.Warn("full adoption pass failed; retrying later", slog.Any("error", err))
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-		}
-	}
 }

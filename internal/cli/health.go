@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -14,15 +14,16 @@ type dbHealth struct {
 	ping   func(context.Context) error
 	logger *slog.Logger
 	up     atomic.Bool
-	onSet  func(bool)
+	// onCheck receives every check's verdict (metrics, hooks).
+	onCheck func(up bool)
 	// every is the check interval while up; retries start at minRetry and
 	// double up to maxRetry while down.
 	every, minRetry, maxRetry time.Duration
 }
 
-func newDBHealth(ping func(context.Context) error, logger *slog.Logger, onSet func(bool)) *dbHealth {
+func newDBHealth(ping func(context.Context) error, logger *slog.Logger, onCheck func(up bool)) *dbHealth {
 	return &dbHealth{
-		ping: ping, logger: logger, onSet: onSet,
+		ping: ping, logger: logger, onCheck: onCheck,
 		every: 5 * time.Second, minRetry: 250 * time.Millisecond, maxRetry: 2 * time.Second,
 	}
 }
@@ -37,14 +38,14 @@ func (h *dbHealth) check(ctx context.Context) bool {
 	err := h.ping(cctx)
 	up := err == nil
 	was := h.up.Swap(up)
-	if h.onSet != nil {
-		h.onSet(up)
-	}
 	switch {
 	case up && !was:
 		h.logger.Info("database reachable")
 	case !up && was:
 		h.logger.Warn("database unreachable; sweeps paused until it answers", slog.Any("error", err))
+	}
+	if h.onCheck != nil {
+		h.onCheck(up)
 	}
 	return up
 }

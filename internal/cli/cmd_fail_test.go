@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"encoding/json"
@@ -34,7 +34,7 @@ func TestFailCommandExitCodes(t *testing.T) {
 			{[]string{"DATABASE_URL=postgres://u:secret@h:notaport/db"}, []string{"fail", "--step", uuid.NewString()}, "--database-url"},
 		}
 		for _, tc := range cases {
-			res := runBinary(t, tc.env, tc.args...)
+			res := runCLI(t, tc.env, tc.args...)
 			require.Equal(t, 2, res.code, "%v: %s", tc.args, res.stderr)
 			require.Equal(t, 1, strings.Count(strings.TrimSpace(res.stderr), "\n")+1, "one line: %q", res.stderr)
 			require.Contains(t, res.stderr, tc.flag)
@@ -43,7 +43,7 @@ func TestFailCommandExitCodes(t *testing.T) {
 	})
 
 	t.Run("unknown step exits 3", func(t *testing.T) {
-		res := runBinary(t, dbEnv, "fail", "--step", uuid.NewString(), "--message", "boom")
+		res := runCLI(t, dbEnv, "fail", "--step", uuid.NewString(), "--message", "boom")
 		require.Equal(t, 3, res.code, res.stderr)
 		require.Contains(t, res.stderr, "not found")
 	})
@@ -51,7 +51,7 @@ func TestFailCommandExitCodes(t *testing.T) {
 	t.Run("step in an illegal state exits 3", func(t *testing.T) {
 		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 		testdb.PlaceInState(t, pool, step, statemachine.Complete, 0)
-		res := runBinary(t, dbEnv, "fail", "--step", step.String(), "--message", "boom")
+		res := runCLI(t, dbEnv, "fail", "--step", step.String(), "--message", "boom")
 		require.Equal(t, 3, res.code, res.stderr)
 	})
 
@@ -59,7 +59,7 @@ func TestFailCommandExitCodes(t *testing.T) {
 		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 		testdb.PlaceInState(t, pool, step, statemachine.EnqueuedAsErrorForOrchestration, 0)
 		testdb.SetColumns(t, pool, step, testdb.StepColumns{Attempts: testdb.Ptr[int32](1)})
-		res := runBinary(t, dbEnv, "fail", "--step", step.String(), "--message", "upstream 503",
+		res := runCLI(t, dbEnv, "fail", "--step", step.String(), "--message", "upstream 503",
 			"--http-status", "503", "--backoff-jitter=false", "--json")
 		require.Equal(t, 0, res.code, res.stderr)
 		var out handling.Result
@@ -68,13 +68,13 @@ func TestFailCommandExitCodes(t *testing.T) {
 		require.Equal(t, statemachine.WaitingForRetry, out.FinalState)
 		require.Equal(t, int32(2), *out.BackoffSeconds)
 
-		again := runBinary(t, dbEnv, "fail", "--step", step.String(), "--message", "upstream 503")
+		again := runCLI(t, dbEnv, "fail", "--step", step.String(), "--message", "upstream 503")
 		require.Equal(t, 0, again.code, again.stderr)
 		require.Contains(t, again.stdout, string(handling.ActionNoActionTaken))
 	})
 
 	t.Run("database unreachable exits 1", func(t *testing.T) {
-		res := runBinary(t, []string{"DATABASE_URL=postgres://postgres@127.0.0.1:1/x?connect_timeout=2"},
+		res := runCLI(t, []string{"DATABASE_URL=postgres://postgres@127.0.0.1:1/x?connect_timeout=2"},
 			"fail", "--step", uuid.NewString())
 		require.Equal(t, 1, res.code, res.stderr)
 	})

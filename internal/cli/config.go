@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"errors"
@@ -8,14 +8,13 @@ import (
 	"log/slog"
 	"os"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/lmittmann/tint"
 
-	"github.com/tasker-sweeper/retrysweeper/backoff"
 	"github.com/tasker-sweeper/retrysweeper/db"
 	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
 // errHelp ends a command that only printed its help: exit 0.
@@ -149,7 +148,7 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// handlerFlags registers the inline handler's configuration (SPEC §6).
+// handlerFlags registers the inline handler's configuration.
 func handlerFlags(f *flags) *handling.Config {
 	c := handling.DefaultConfig()
 	f.fs.BoolVar(&c.UseErrorClassification, "use-error-classification", c.UseErrorClassification,
@@ -179,17 +178,48 @@ func handlerFlags(f *flags) *handling.Config {
 	return &c
 }
 
-// checkHandlerConfig turns a config error into a usage error naming the flag.
-func checkHandlerConfig(c *handling.Config) error {
-	if c.DefaultMaxAttempts < 1 {
-		return usageErrorf("invalid --default-max-attempts %d: must be >= 1", c.DefaultMaxAttempts)
+// checkSweepConfig validates the sweep flags: the limits are the sweeper's.
+func checkSweepConfig(c *sweeper.Config) error { return configError(c.Validate()) }
+
+// checkHandlerConfig validates the handler flags: the limits are the
+// handler's.
+func checkHandlerConfig(c *handling.Config) error { return configError(c.Validate()) }
+
+// Flag names of the config fields whose Validate errors name them.
+var (
+	sweepFlagOf = map[string]string{
+		"batch_size":     "batch-size",
+		"workers":        "workers",
+		"batch_timeout":  "batch-timeout",
+		"notify_channel": "notify-channel",
 	}
-	if err := c.Backoff.Validate(); err != nil {
-		var ce *backoff.ConfigError
-		if errors.As(err, &ce) {
-			return usageErrorf("invalid --backoff-%s: %v", strings.ReplaceAll(ce.Field, "_", "-"), err)
+	handlerFlagOf = map[string]string{
+		"default_max_attempts":    "default-max-attempts",
+		"backoff_base":            "backoff-base",
+		"backoff_multiplier":      "backoff-multiplier",
+		"backoff_max":             "backoff-max",
+		"backoff_jitter_fraction": "backoff-jitter-fraction",
+	}
+)
+
+// configError turns an error of sweeper.Config.Validate or
+// handling.Config.Validate (also as returned by their constructors) into a
+// usage error naming the flag; nil stays nil.
+func configError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var sweepErr *sweeper.FieldError
+	if errors.As(err, &sweepErr) {
+		if name, ok := sweepFlagOf[sweepErr.Field]; ok {
+			return usageErrorf("invalid --%s: %s", name, sweepErr.Problem)
 		}
-		return usageErrorf("invalid backoff configuration: %v", err)
 	}
-	return nil
+	var handlerErr *handling.FieldError
+	if errors.As(err, &handlerErr) {
+		if name, ok := handlerFlagOf[handlerErr.Field]; ok {
+			return usageErrorf("invalid --%s: %s", name, handlerErr.Problem)
+		}
+	}
+	return usageErrorf("invalid configuration: %v", err)
 }

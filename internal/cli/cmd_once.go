@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -18,7 +18,11 @@ func runOnce(ctx context.Context, e env, args []string) error {
 	logCfg := logFlags(f)
 	dryRun := f.fs.Bool("dry-run", false, "report what would move without writing")
 	asJSON := f.fs.Bool("json", false, "print the summary as one JSON object")
+	reconcile := reconcileFlag(f)
 	if err := f.parse(args); err != nil {
+		return err
+	}
+	if err := checkReconcileInterval(*reconcile); err != nil {
 		return err
 	}
 	if err := checkDatabaseURL(*dbURL); err != nil {
@@ -37,7 +41,10 @@ func runOnce(ctx context.Context, e env, args []string) error {
 	}
 	defer store.Pool().Close()
 
-	sw := sweeper.New(store, *cfg, logger, sweeper.Hooks{})
+	sw, err := sweeper.New(store, *cfg, logger, sweeper.Hooks{})
+	if err != nil {
+		return configError(err)
+	}
 	sum, sweepErr := sw.RunOnce(ctx, *dryRun)
 	if *asJSON {
 		if err := json.NewEncoder(e.stdout).Encode(sum); err != nil {
@@ -48,15 +55,18 @@ func runOnce(ctx context.Context, e env, args []string) error {
 		if sum.DryRun {
 			verb = "would move to pending (dry run)"
 		}
-		fmt.Fprintf(e.stdout, "sweep %s: %d step(s) %s, %d stranded, %d lost race(s), %d batch(es), %.1f ms\n",
-			sum.SweepID, sum.Transitioned, verb, sum.Stranded, sum.LostRaces, sum.Batches, sum.DurationMS)
+		if sum.Interrupted {
+			verb += " before a shutdown interrupted the sweep"
+		}
+		fmt.Fprintf(e.stdout, "sweep %s: %d step(s) %s, %d stranded, %d lost race(s), %d skipped (locked), %d batch(es), %.1f ms\n",
+			sum.SweepID, sum.Transitioned, verb, sum.Stranded, sum.LostRaces, sum.SkippedLocked, sum.Batches, sum.DurationMS)
 	}
 	if sweepErr != nil || *dryRun {
 		return sweepErr
 	}
-	// After the sweep, so its due steps never wait for it: the periodic
-	// full adoption pass, when one is due (the daemon runs it on a timer).
-	_, err = sw.Reconcile(ctx, reconcileInterval)
+	// After the sweep, so its due steps never wait for it: a reconcile
+	// pass, when one is due (the daemon runs them on a timer).
+	_, err = sw.Reconcile(ctx, *reconcile)
 	if errors.Is(err, sweeper.ErrNoSchedule) {
 		return nil
 	}

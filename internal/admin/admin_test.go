@@ -1,4 +1,4 @@
-package main
+package admin_test
 
 import (
 	"context"
@@ -19,61 +19,66 @@ import (
 
 	"github.com/tasker-sweeper/retrysweeper/db"
 	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/admin"
+	"github.com/tasker-sweeper/retrysweeper/internal/telemetry"
 	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
-// adminHarness is the daemon's admin API wired as serveDaemon wires it, on a
-// database of the test's own, served by an httptest server.
+func TestMain(m *testing.M) { testdb.Main(m) }
+
+// readyFlag is a Readiness the test flips.
+type readyFlag struct{ atomic.Bool }
+
+func (r *readyFlag) Ready() bool { return r.Load() }
+
+// adminHarness is the admin API over the real pieces (store, sweeper,
+// scheduler, failure handler, metrics) on a database of the test's own,
+// served by an httptest server.
 type adminHarness struct {
-	pool    *pgxpool.Pool
-	store   *db.Store
-	srv     *httptest.Server
-	ready   *atomic.Bool
-	token   string
-	metrics *metrics
+	pool  *pgxpool.Pool
+	store *db.Store
+	srv   *httptest.Server
+	ready *readyFlag
 }
 
 // newAdminHarness builds the API; tweak, if given, may change the deps
-// before the handler is built (a failing handleFailure, a token, ...).
-func newAdminHarness(t *testing.T, tweak func(*adminDeps)) *adminHarness {
+// before the handler is built (a failing handler, a token, ...).
+func newAdminHarness(t *testing.T, tweak func(*admin.Deps)) *adminHarness {
 	t.Helper()
-	pool, _ := testdb.NewWithURL(t)
+	pool := testdb.New(t)
 	store := db.NewStore(pool)
 	logger := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
-	m := newMetrics()
-	ready := new(atomic.Bool)
+	metrics := telemetry.New()
+	ready := &readyFlag{}
 	ready.Store(true)
-	sw := sweeper.New(store, sweeper.DefaultConfig(), logger, m.sweepHooks())
+	sw, err := sweeper.New(store, sweeper.DefaultConfig(), logger, metrics.SweepHooks())
+	require.NoError(t, err)
 	sched, err := sweeper.NewScheduler(sw, "@every 1h", logger, sweeper.SchedulerOptions{
-		Ready: ready.Load, OnSkippedTick: m.skippedTick,
+		DatabaseReady: ready.Ready, OnSkippedTick: metrics.SkippedTick,
 	})
 	require.NoError(t, err)
 	cfg := handling.DefaultConfig()
 	cfg.Backoff.Jitter = false
-	handler := handling.NewService(store, cfg)
-	deps := adminDeps{
-		scheduler: sched,
-		sweeper:   sw,
-		store:     store,
-		ready:     ready.Load,
-		metrics:   m,
-		logger:    logger,
-		handleFailure: func(ctx context.Context, f handling.Failure) (handling.Result, error) {
-			res, err := handler.HandleStepError(ctx, f)
-			if err == nil {
-				m.decision(res)
-			}
-			return res, err
-		},
+	handler, err := handling.NewService(store, cfg)
+	require.NoError(t, err)
+	deps := admin.Deps{
+		Sweeps:     sched,
+		Steps:      sw,
+		Failures:   metrics.CountDecisions(handler),
+		StepStatus: store,
+		Status:     store,
+		Readiness:  ready,
+		Metrics:    metrics.Handler(),
+		Logger:     logger,
 	}
 	if tweak != nil {
 		tweak(&deps)
 	}
-	srv := httptest.NewServer(newAdminAPI(deps))
+	srv := httptest.NewServer(admin.New(deps))
 	t.Cleanup(srv.Close)
-	return &adminHarness{pool: pool, store: store, srv: srv, ready: ready, token: deps.token, metrics: m}
+	return &adminHarness{pool: pool, store: store, srv: srv, ready: ready}
 }
 
 type apiResponse struct {
@@ -102,8 +107,8 @@ func (r apiResponse) requireError(t *testing.T, status int, code string) map[str
 	return out
 }
 
-// do sends one request; headers are name, value pairs.
-func (h *adminHarness) do(t *testing.T, method, path, body string, headers ...string) apiResponse {
+// request sends one request; headers are name, value pairs.
+func (h *adminHarness) request(t *testing.T, method, path, body string, headers ...string) apiResponse {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -157,7 +162,7 @@ func (h *adminHarness) stateOf(t *testing.T, step uuid.UUID) statemachine.State 
 
 func (h *adminHarness) metricsText(t *testing.T) string {
 	t.Helper()
-	res := h.do(t, http.MethodGet, "/metrics", "")
+	res := h.request(t, http.MethodGet, "/metrics", "")
 	require.Equal(t, http.StatusOK, res.status)
 	return string(res.body)
 }
@@ -166,21 +171,21 @@ func TestAdminHealthAndReadiness(t *testing.T) {
 	t.Parallel()
 	h := newAdminHarness(t, nil)
 
-	res := h.do(t, http.MethodGet, "/healthz", "")
+	res := h.request(t, http.MethodGet, "/healthz", "")
 	require.Equal(t, http.StatusOK, res.status)
 	require.Equal(t, "application/json", res.header.Get("Content-Type"))
 	require.Equal(t, map[string]any{"status": "ok"}, res.json(t))
 
-	res = h.do(t, http.MethodGet, "/readyz", "")
+	res = h.request(t, http.MethodGet, "/readyz", "")
 	require.Equal(t, http.StatusOK, res.status)
 	require.Equal(t, map[string]any{"status": "ready"}, res.json(t))
 
 	h.ready.Store(false)
-	out := h.do(t, http.MethodGet, "/readyz", "").requireError(t, http.StatusServiceUnavailable, "unavailable")
+	out := h.request(t, http.MethodGet, "/readyz", "").requireError(t, http.StatusServiceUnavailable, "unavailable")
 	require.Equal(t, "database unreachable", out["error"])
 
 	// Liveness does not depend on the database.
-	require.Equal(t, http.StatusOK, h.do(t, http.MethodGet, "/healthz", "").status)
+	require.Equal(t, http.StatusOK, h.request(t, http.MethodGet, "/healthz", "").status)
 }
 
 func TestAdminSweep(t *testing.T) {
@@ -190,7 +195,7 @@ func TestAdminSweep(t *testing.T) {
 	notDue := h.waitingStep(t, 3600)
 
 	t.Run("dry run reports the due step and writes nothing", func(t *testing.T) {
-		res := h.do(t, http.MethodPost, "/v1/sweeps?dry_run=true", "")
+		res := h.request(t, http.MethodPost, "/v1/sweeps?dry_run=true", "")
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		sum := res.json(t)
 		require.Equal(t, float64(1), sum["transitioned"])
@@ -199,19 +204,19 @@ func TestAdminSweep(t *testing.T) {
 	})
 
 	t.Run("bad dry_run is a 400", func(t *testing.T) {
-		h.do(t, http.MethodPost, "/v1/sweeps?dry_run=maybe", "").requireError(t, http.StatusBadRequest, "bad_request")
+		h.request(t, http.MethodPost, "/v1/sweeps?dry_run=maybe", "").requireError(t, http.StatusBadRequest, "bad_request")
 		require.Equal(t, statemachine.WaitingForRetry, h.stateOf(t, due))
 	})
 
 	t.Run("database down is a 503", func(t *testing.T) {
 		h.ready.Store(false)
 		defer h.ready.Store(true)
-		h.do(t, http.MethodPost, "/v1/sweeps", "").requireError(t, http.StatusServiceUnavailable, "unavailable")
+		h.request(t, http.MethodPost, "/v1/sweeps", "").requireError(t, http.StatusServiceUnavailable, "unavailable")
 		require.Equal(t, statemachine.WaitingForRetry, h.stateOf(t, due))
 	})
 
 	t.Run("sweep moves the due step only", func(t *testing.T) {
-		res := h.do(t, http.MethodPost, "/v1/sweeps", "")
+		res := h.request(t, http.MethodPost, "/v1/sweeps", "")
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		sum := res.json(t)
 		require.Equal(t, float64(1), sum["transitioned"])
@@ -253,44 +258,44 @@ func TestAdminReportFailure(t *testing.T) {
 			"array body":               `[]`,
 		}
 		for name, body := range cases {
-			out := h.do(t, http.MethodPost, path(step), body).requireError(t, http.StatusBadRequest, "bad_request")
+			out := h.request(t, http.MethodPost, path(step), body).requireError(t, http.StatusBadRequest, "bad_request")
 			require.NotEmpty(t, out["error"], name)
 		}
 		require.Equal(t, statemachine.EnqueuedAsErrorForOrchestration, h.stateOf(t, step))
 	})
 
 	t.Run("unknown field error names the field", func(t *testing.T) {
-		out := h.do(t, http.MethodPost, path(failing(t)), `{"bogus": 1}`).requireError(t, http.StatusBadRequest, "bad_request")
+		out := h.request(t, http.MethodPost, path(failing(t)), `{"bogus": 1}`).requireError(t, http.StatusBadRequest, "bad_request")
 		require.Contains(t, out["error"], "bogus")
 	})
 
 	t.Run("body over 1 MiB is a 413", func(t *testing.T) {
 		body := `{"message": "` + strings.Repeat("a", 1<<20) + `"}`
-		h.do(t, http.MethodPost, path(failing(t)), body).requireError(t, http.StatusRequestEntityTooLarge, "request_too_large")
+		h.request(t, http.MethodPost, path(failing(t)), body).requireError(t, http.StatusRequestEntityTooLarge, "request_too_large")
 	})
 
 	t.Run("bad uuid is a 400", func(t *testing.T) {
-		h.do(t, http.MethodPost, "/v1/steps/not-a-uuid/failures", `{"message": "boom"}`).
+		h.request(t, http.MethodPost, "/v1/steps/not-a-uuid/failures", `{"message": "boom"}`).
 			requireError(t, http.StatusBadRequest, "bad_request")
 	})
 
 	t.Run("nil uuid is an invalid failure, 400", func(t *testing.T) {
-		h.do(t, http.MethodPost, path(uuid.Nil), `{"message": "boom"}`).requireError(t, http.StatusBadRequest, "bad_request")
+		h.request(t, http.MethodPost, path(uuid.Nil), `{"message": "boom"}`).requireError(t, http.StatusBadRequest, "bad_request")
 	})
 
 	t.Run("unknown step is a 404", func(t *testing.T) {
-		h.do(t, http.MethodPost, path(uuid.New()), `{"message": "boom"}`).requireError(t, http.StatusNotFound, "not_found")
+		h.request(t, http.MethodPost, path(uuid.New()), `{"message": "boom"}`).requireError(t, http.StatusNotFound, "not_found")
 	})
 
 	t.Run("complete step is a 409", func(t *testing.T) {
 		step := h.stepIn(t, statemachine.Complete)
-		h.do(t, http.MethodPost, path(step), `{"message": "boom"}`).requireError(t, http.StatusConflict, "conflict")
+		h.request(t, http.MethodPost, path(step), `{"message": "boom"}`).requireError(t, http.StatusConflict, "conflict")
 		require.Equal(t, statemachine.Complete, h.stateOf(t, step))
 	})
 
 	t.Run("retryable failure schedules a retry", func(t *testing.T) {
 		step := failing(t)
-		res := h.do(t, http.MethodPost, path(step),
+		res := h.request(t, http.MethodPost, path(step),
 			`{"message": "upstream 503", "http_status": 503, "retryable": null, "metadata": {"host": "api"}}`)
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		out := res.json(t)
@@ -300,13 +305,13 @@ func TestAdminReportFailure(t *testing.T) {
 		require.Equal(t, statemachine.WaitingForRetry, h.stateOf(t, step))
 
 		// A repeated report changes nothing.
-		again := h.do(t, http.MethodPost, path(step), `{"message": "upstream 503"}`)
+		again := h.request(t, http.MethodPost, path(step), `{"message": "upstream 503"}`)
 		require.Equal(t, http.StatusOK, again.status, "body: %s", again.body)
 		require.Equal(t, string(handling.ActionNoActionTaken), again.json(t)["action"])
 	})
 
 	t.Run("retry_after as a number of seconds", func(t *testing.T) {
-		res := h.do(t, http.MethodPost, path(failing(t)), `{"message": "slow down", "http_status": 429, "retry_after": 120}`)
+		res := h.request(t, http.MethodPost, path(failing(t)), `{"message": "slow down", "http_status": 429, "retry_after": 120}`)
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		out := res.json(t)
 		require.Equal(t, float64(120), out["backoff_applied_seconds"])
@@ -314,18 +319,26 @@ func TestAdminReportFailure(t *testing.T) {
 	})
 
 	t.Run("retry_after as a string", func(t *testing.T) {
-		res := h.do(t, http.MethodPost, path(failing(t)), `{"message": "slow down", "http_status": 429, "retry_after": "90"}`)
+		res := h.request(t, http.MethodPost, path(failing(t)), `{"message": "slow down", "http_status": 429, "retry_after": "90"}`)
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		require.Equal(t, float64(90), res.json(t)["backoff_applied_seconds"])
 	})
 
 	t.Run("worker's permanent verdict fails the step", func(t *testing.T) {
 		step := failing(t)
-		res := h.do(t, http.MethodPost, path(step), `{"message": "bad input", "retryable": false}`)
+		res := h.request(t, http.MethodPost, path(step), `{"message": "bad input", "retryable": false}`)
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		require.Equal(t, string(handling.ActionMarkedAsPermanentFailure), res.json(t)["action"])
 		require.Equal(t, statemachine.Error, h.stateOf(t, step))
 	})
+}
+
+// scriptedHandler is a FailureHandler from a function: a handler that fails on
+// purpose, where the real one would need a broken database.
+type scriptedHandler func(context.Context, handling.Failure) (handling.Result, error)
+
+func (f scriptedHandler) HandleStepError(ctx context.Context, failure handling.Failure) (handling.Result, error) {
+	return f(ctx, failure)
 }
 
 func TestAdminReportFailureErrorMapping(t *testing.T) {
@@ -335,34 +348,34 @@ func TestAdminReportFailureErrorMapping(t *testing.T) {
 		panic string
 	}
 	var mode atomic.Pointer[failMode]
-	h := newAdminHarness(t, func(d *adminDeps) {
-		d.handleFailure = func(context.Context, handling.Failure) (handling.Result, error) {
+	h := newAdminHarness(t, func(d *admin.Deps) {
+		d.Failures = scriptedHandler(func(context.Context, handling.Failure) (handling.Result, error) {
 			m := mode.Load()
 			if m.panic != "" {
 				panic(m.panic)
 			}
 			return handling.Result{}, m.err
-		}
+		})
 	})
 	failWith := func(err error) { mode.Store(&failMode{err: err}) }
 	path := "/v1/steps/" + uuid.NewString() + "/failures"
 
 	failWith(errors.New("connection reset by peer"))
-	out := h.do(t, http.MethodPost, path, `{}`).requireError(t, http.StatusInternalServerError, "internal")
+	out := h.request(t, http.MethodPost, path, `{}`).requireError(t, http.StatusInternalServerError, "internal")
 	require.Contains(t, out["error"], "internal error")
 	require.Contains(t, out["error"], "connection reset by peer")
 
 	h.ready.Store(false)
-	h.do(t, http.MethodPost, path, `{}`).requireError(t, http.StatusServiceUnavailable, "unavailable")
+	h.request(t, http.MethodPost, path, `{}`).requireError(t, http.StatusServiceUnavailable, "unavailable")
 	h.ready.Store(true)
 
 	failWith(errors.Join(errors.New("handle failure"), statemachine.ErrLostRace))
-	h.do(t, http.MethodPost, path, `{}`).requireError(t, http.StatusConflict, "conflict")
+	h.request(t, http.MethodPost, path, `{}`).requireError(t, http.StatusConflict, "conflict")
 
 	mode.Store(&failMode{panic: "handler bug"})
-	h.do(t, http.MethodPost, path, `{}`).requireError(t, http.StatusInternalServerError, "internal")
+	h.request(t, http.MethodPost, path, `{}`).requireError(t, http.StatusInternalServerError, "internal")
 	// The server survived the panic.
-	require.Equal(t, http.StatusOK, h.do(t, http.MethodGet, "/healthz", "").status)
+	require.Equal(t, http.StatusOK, h.request(t, http.MethodGet, "/healthz", "").status)
 }
 
 func TestAdminStepStatus(t *testing.T) {
@@ -371,7 +384,7 @@ func TestAdminStepStatus(t *testing.T) {
 
 	t.Run("due step", func(t *testing.T) {
 		step := h.waitingStep(t, 5)
-		res := h.do(t, http.MethodGet, "/v1/steps/"+step.String(), "")
+		res := h.request(t, http.MethodGet, "/v1/steps/"+step.String(), "")
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		out := res.json(t)
 		require.Equal(t, step.String(), out["step_uuid"])
@@ -388,7 +401,7 @@ func TestAdminStepStatus(t *testing.T) {
 
 	t.Run("not yet due step says when", func(t *testing.T) {
 		step := h.waitingStep(t, 3600)
-		res := h.do(t, http.MethodGet, "/v1/steps/"+step.String(), "")
+		res := h.request(t, http.MethodGet, "/v1/steps/"+step.String(), "")
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		out := res.json(t)
 		require.Equal(t, false, out["due"])
@@ -401,11 +414,11 @@ func TestAdminStepStatus(t *testing.T) {
 	})
 
 	t.Run("unknown step is a 404", func(t *testing.T) {
-		h.do(t, http.MethodGet, "/v1/steps/"+uuid.NewString(), "").requireError(t, http.StatusNotFound, "not_found")
+		h.request(t, http.MethodGet, "/v1/steps/"+uuid.NewString(), "").requireError(t, http.StatusNotFound, "not_found")
 	})
 
 	t.Run("bad uuid is a 400", func(t *testing.T) {
-		h.do(t, http.MethodGet, "/v1/steps/12345", "").requireError(t, http.StatusBadRequest, "bad_request")
+		h.request(t, http.MethodGet, "/v1/steps/12345", "").requireError(t, http.StatusBadRequest, "bad_request")
 	})
 }
 
@@ -416,7 +429,7 @@ func TestAdminRetryStep(t *testing.T) {
 
 	t.Run("due step moves", func(t *testing.T) {
 		step := h.waitingStep(t, 5)
-		res := h.do(t, http.MethodPost, path(step), "")
+		res := h.request(t, http.MethodPost, path(step), "")
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		out := res.json(t)
 		require.Equal(t, step.String(), out["step_uuid"])
@@ -427,11 +440,11 @@ func TestAdminRetryStep(t *testing.T) {
 
 	t.Run("not due is a 409 until forced", func(t *testing.T) {
 		step := h.waitingStep(t, 3600)
-		out := h.do(t, http.MethodPost, path(step), "").requireError(t, http.StatusConflict, "conflict")
+		out := h.request(t, http.MethodPost, path(step), "").requireError(t, http.StatusConflict, "conflict")
 		require.Contains(t, out["error"], "backoff expires")
 		require.Equal(t, statemachine.WaitingForRetry, h.stateOf(t, step))
 
-		res := h.do(t, http.MethodPost, path(step)+"?force=true", "")
+		res := h.request(t, http.MethodPost, path(step)+"?force=true", "")
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		moved := res.json(t)
 		require.Equal(t, true, moved["moved"])
@@ -451,20 +464,20 @@ WHERE workflow_step_uuid = $1 AND most_recent AND to_state = 'pending'`, step).S
 
 	t.Run("force cannot move a step that is not waiting", func(t *testing.T) {
 		step := h.stepIn(t, statemachine.Complete)
-		out := h.do(t, http.MethodPost, path(step)+"?force=true", "").requireError(t, http.StatusConflict, "conflict")
+		out := h.request(t, http.MethodPost, path(step)+"?force=true", "").requireError(t, http.StatusConflict, "conflict")
 		require.Contains(t, out["reason"], "not waiting_for_retry")
 		require.Equal(t, statemachine.Complete, h.stateOf(t, step))
 	})
 
 	t.Run("unknown step is a 404", func(t *testing.T) {
-		h.do(t, http.MethodPost, path(uuid.New()), "").requireError(t, http.StatusNotFound, "not_found")
-		h.do(t, http.MethodPost, path(uuid.New())+"?force=true", "").requireError(t, http.StatusNotFound, "not_found")
+		h.request(t, http.MethodPost, path(uuid.New()), "").requireError(t, http.StatusNotFound, "not_found")
+		h.request(t, http.MethodPost, path(uuid.New())+"?force=true", "").requireError(t, http.StatusNotFound, "not_found")
 	})
 
 	t.Run("bad force or uuid is a 400", func(t *testing.T) {
 		step := h.waitingStep(t, 3600)
-		h.do(t, http.MethodPost, path(step)+"?force=maybe", "").requireError(t, http.StatusBadRequest, "bad_request")
-		h.do(t, http.MethodPost, "/v1/steps/xyz/retry", "").requireError(t, http.StatusBadRequest, "bad_request")
+		h.request(t, http.MethodPost, path(step)+"?force=maybe", "").requireError(t, http.StatusBadRequest, "bad_request")
+		h.request(t, http.MethodPost, "/v1/steps/xyz/retry", "").requireError(t, http.StatusBadRequest, "bad_request")
 		require.Equal(t, statemachine.WaitingForRetry, h.stateOf(t, step))
 	})
 }
@@ -472,7 +485,7 @@ WHERE workflow_step_uuid = $1 AND most_recent AND to_state = 'pending'`, step).S
 func TestAdminToken(t *testing.T) {
 	t.Parallel()
 	const token = "s3cret-token"
-	h := newAdminHarness(t, func(d *adminDeps) { d.token = token })
+	h := newAdminHarness(t, func(d *admin.Deps) { d.Token = token })
 	step := h.waitingStep(t, 5)
 
 	for name, header := range map[string][]string{
@@ -483,19 +496,19 @@ func TestAdminToken(t *testing.T) {
 		"bare token":   {"Authorization", token},
 	} {
 		for _, p := range []string{"/v1/sweeps", "/v1/steps/" + step.String() + "/retry", "/v1/steps/" + step.String() + "/failures"} {
-			res := h.do(t, http.MethodPost, p, `{}`, header...)
+			res := h.request(t, http.MethodPost, p, `{}`, header...)
 			res.requireError(t, http.StatusUnauthorized, "unauthorized")
 			require.Contains(t, res.header.Get("WWW-Authenticate"), "Bearer", "%s %s", name, p)
 		}
 	}
 	require.Equal(t, statemachine.WaitingForRetry, h.stateOf(t, step), "no unauthorized request may write")
 
-	res := h.do(t, http.MethodPost, "/v1/sweeps", "", "Authorization", "Bearer "+token)
+	res := h.request(t, http.MethodPost, "/v1/sweeps", "", "Authorization", "Bearer "+token)
 	require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 	require.Equal(t, float64(1), res.json(t)["transitioned"])
 
 	for _, p := range []string{"/v1/status", "/v1/steps/" + step.String(), "/healthz", "/readyz", "/metrics"} {
-		require.Equal(t, http.StatusOK, h.do(t, http.MethodGet, p, "").status, p)
+		require.Equal(t, http.StatusOK, h.request(t, http.MethodGet, p, "").status, p)
 	}
 }
 
@@ -504,7 +517,7 @@ func TestAdminStatus(t *testing.T) {
 	h := newAdminHarness(t, nil)
 	status := func(t *testing.T) map[string]any {
 		t.Helper()
-		res := h.do(t, http.MethodGet, "/v1/status", "")
+		res := h.request(t, http.MethodGet, "/v1/status", "")
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 		return res.json(t)
 	}
@@ -548,12 +561,12 @@ func TestAdminMetrics(t *testing.T) {
 	require.NotContains(t, before, "tasker_sweeper_handler_decisions_total{")
 
 	h.waitingStep(t, 5)
-	require.Equal(t, http.StatusOK, h.do(t, http.MethodPost, "/v1/sweeps", "").status)
+	require.Equal(t, http.StatusOK, h.request(t, http.MethodPost, "/v1/sweeps", "").status)
 	require.Contains(t, h.metricsText(t), `tasker_sweeper_sweeps_total{outcome="success"} 1`)
 
 	step := h.stepIn(t, statemachine.EnqueuedAsErrorForOrchestration)
 	testdb.SetColumns(t, h.pool, step, testdb.StepColumns{Attempts: testdb.Ptr[int32](1)})
-	res := h.do(t, http.MethodPost, "/v1/steps/"+step.String()+"/failures", `{"message": "upstream 503", "http_status": 503}`)
+	res := h.request(t, http.MethodPost, "/v1/steps/"+step.String()+"/failures", `{"message": "upstream 503", "http_status": 503}`)
 	require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
 	require.Contains(t, h.metricsText(t), `tasker_sweeper_handler_decisions_total{action="TransitionedToWaitingForRetry"`)
 }
@@ -563,7 +576,7 @@ func TestAdminUnknownRouteAndWrongMethod(t *testing.T) {
 	h := newAdminHarness(t, nil)
 
 	for _, p := range []string{"/nope", "/v1", "/v1/steps/", "/v1/steps/" + uuid.NewString() + "/nope"} {
-		h.do(t, http.MethodGet, p, "").requireError(t, http.StatusNotFound, "not_found")
+		h.request(t, http.MethodGet, p, "").requireError(t, http.StatusNotFound, "not_found")
 	}
 
 	for _, tc := range []struct{ method, path, allow string }{
@@ -573,8 +586,20 @@ func TestAdminUnknownRouteAndWrongMethod(t *testing.T) {
 		{http.MethodPut, "/v1/steps/" + uuid.NewString(), "GET, HEAD"},
 		{http.MethodGet, "/v1/steps/" + uuid.NewString() + "/retry", "POST"},
 	} {
-		res := h.do(t, tc.method, tc.path, "")
+		res := h.request(t, tc.method, tc.path, "")
 		res.requireError(t, http.StatusMethodNotAllowed, "method_not_allowed")
 		require.Equal(t, tc.allow, res.header.Get("Allow"), "%s %s", tc.method, tc.path)
 	}
+}
+
+func TestNewRequiresItsDependencies(t *testing.T) {
+	t.Parallel()
+	require.PanicsWithValue(t, "admin.New: Deps.Sweeps is required", func() { admin.New(admin.Deps{}) })
+}
+
+func TestAdminWithoutMetricsHasNoMetricsRoute(t *testing.T) {
+	t.Parallel()
+	h := newAdminHarness(t, func(d *admin.Deps) { d.Metrics = nil })
+	h.request(t, http.MethodGet, "/metrics", "").requireError(t, http.StatusNotFound, "not_found")
+	require.Equal(t, http.StatusOK, h.request(t, http.MethodGet, "/healthz", "").status)
 }

@@ -1,4 +1,9 @@
-package main
+// Package admin owns the daemon's HTTP admin API: health and readiness,
+// metrics, manual sweeps, the inline failure handler, per-step status and
+// retries, and the status counts, with JSON errors for every failure. It
+// defines small interfaces for what it calls; the sweeper, the scheduler,
+// the failure handler and the database store satisfy them.
+package admin
 
 import (
 	"bytes"
@@ -17,25 +22,70 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/tasker-sweeper/retrysweeper/db"
 	"github.com/tasker-sweeper/retrysweeper/handling"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
-// adminDeps is what the admin API needs from the daemon.
-type adminDeps struct {
-	scheduler     *sweeper.Scheduler
-	sweeper       *sweeper.Sweeper
-	store         *db.Store
-	ready         func() bool
-	metrics       *metrics
-	token         string
-	logger        *slog.Logger
-	handleFailure func(context.Context, handling.Failure) (handling.Result, error)
+// SweepTrigger runs one sweep now, after any sweep in flight
+// (*sweeper.Scheduler).
+type SweepTrigger interface {
+	Trigger(ctx context.Context, dryRun bool) (sweeper.Summary, error)
 }
+
+// StepMover moves one step to pending with a sweep's rules
+// (*sweeper.Sweeper): sweeper.ErrNotDue or sweeper.ErrLostRace when it
+// cannot.
+type StepMover interface {
+	MoveStep(ctx context.Context, step uuid.UUID, force bool) (sweeper.Moved, error)
+}
+
+// FailureHandler is the inline failure handler (*handling.Service).
+type FailureHandler interface {
+	HandleStepError(ctx context.Context, f handling.Failure) (handling.Result, error)
+}
+
+// StepStatusReader evaluates the due rule for one step;
+// statemachine.ErrStepNotFound when it does not exist.
+type StepStatusReader interface {
+	StepDueStatus(ctx context.Context, step uuid.UUID) (sweeper.StepDue, error)
+}
+
+// StatusCounter counts steps per state and what a sweep would do now.
+type StatusCounter interface {
+	StepCountsByState(ctx context.Context) (map[statemachine.State]int64, error)
+	CountDue(ctx context.Context) (sweeper.Counts, error)
+}
+
+// Readiness reports whether the database answers, as of the last check.
+type Readiness interface {
+	Ready() bool
+}
+
+// Deps is what the admin API calls. Sweeps, Steps, Failures, StepStatus
+// and Status are required; the rest are optional.
+type Deps struct {
+	Sweeps     SweepTrigger
+	Steps      StepMover
+	Failures   FailureHandler
+	StepStatus StepStatusReader
+	Status     StatusCounter
+	// Readiness decides /readyz and refuses sweeps while the database is
+	// down; nil means always ready.
+	Readiness Readiness
+	// Metrics serves GET /metrics; nil leaves the route out.
+	Metrics http.Handler
+	// Token, when set, is the bearer token every POST endpoint requires.
+	Token string
+	// Logger gets request and failure logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// alwaysReady is the Readiness of a Deps without one.
+type alwaysReady struct{}
+
+func (alwaysReady) Ready() bool { return true }
 
 // maxFailureBody bounds a failure report's body: the message is cut to 4 KiB
 // anyway, so anything near this is a mistake or an attack.
@@ -53,26 +103,40 @@ const (
 	codeInternal         = "internal"
 )
 
-// adminAPI serves the admin endpoints (SPEC §8).
-type adminAPI struct {
-	adminDeps
+// server serves the admin endpoints.
+type server struct {
+	Deps
 	mux *http.ServeMux
 }
 
-// newAdminAPI builds the admin API's routes. GET endpoints are open; POST
+// New builds the admin API's routes. GET endpoints are open; POST
 // endpoints need the bearer token when one is set. Every error, including an
 // unknown route or a wrong method, is a JSON body with "error" and "code".
-func newAdminAPI(d adminDeps) http.Handler {
-	if d.logger == nil {
-		d.logger = slog.New(slog.DiscardHandler)
+// A missing required dependency is a wiring bug: New panics.
+func New(d Deps) http.Handler {
+	for _, dep := range []struct {
+		name    string
+		missing bool
+	}{
+		{"Sweeps", d.Sweeps == nil}, {"Steps", d.Steps == nil}, {"Failures", d.Failures == nil},
+		{"StepStatus", d.StepStatus == nil}, {"Status", d.Status == nil},
+	} {
+		if dep.missing {
+			panic("admin.New: Deps." + dep.name + " is required")
+		}
 	}
-	if d.ready == nil {
-		d.ready = func() bool { return true }
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &adminAPI{adminDeps: d, mux: http.NewServeMux()}
+	if d.Readiness == nil {
+		d.Readiness = alwaysReady{}
+	}
+	a := &server{Deps: d, mux: http.NewServeMux()}
 	a.mux.HandleFunc("GET /healthz", a.healthz)
 	a.mux.HandleFunc("GET /readyz", a.readyz)
-	a.mux.Handle("GET /metrics", promhttp.HandlerFor(d.metrics.registry, promhttp.HandlerOpts{}))
+	if d.Metrics != nil {
+		a.mux.Handle("GET /metrics", d.Metrics)
+	}
 	a.mux.HandleFunc("GET /v1/status", a.status)
 	a.mux.HandleFunc("GET /v1/steps/{uuid}", a.stepStatus)
 	a.mux.Handle("POST /v1/sweeps", a.authorized(a.triggerSweep))
@@ -83,7 +147,7 @@ func newAdminAPI(d adminDeps) http.Handler {
 
 // ServeHTTP logs the request, turns a handler panic into a 500 and gives the
 // mux's own 404/405 answers a JSON body.
-func (a *adminAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (a *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
 	defer func() {
@@ -92,14 +156,14 @@ func (a *adminAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				// net/http's own way to abort a response: let it through.
 				panic(p)
 			}
-			a.logger.LogAttrs(r.Context(), slog.LevelError, "admin API handler panicked",
+			a.Logger.LogAttrs(r.Context(), slog.LevelError, "admin API handler panicked",
 				slog.String("method", r.Method), slog.String("path", r.URL.Path),
 				slog.Any("panic", p), slog.String("stack", string(debug.Stack())))
 			if !rec.wroteHeader {
 				writeError(rec, http.StatusInternalServerError, codeInternal, "internal error: handler panicked")
 			}
 		}
-		a.logger.LogAttrs(r.Context(), slog.LevelDebug, "admin API request",
+		a.Logger.LogAttrs(r.Context(), slog.LevelDebug, "admin API request",
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.Int("status", rec.status()),
 			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
@@ -126,12 +190,12 @@ func (a *adminAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (a *adminAPI) healthz(w http.ResponseWriter, _ *http.Request) {
+func (a *server) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-func (a *adminAPI) readyz(w http.ResponseWriter, _ *http.Request) {
-	if !a.ready() {
+func (a *server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if !a.Readiness.Ready() {
 		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable")
 		return
 	}
@@ -145,21 +209,21 @@ type sweepError struct {
 	Summary sweeper.Summary `json:"summary"`
 }
 
-func (a *adminAPI) triggerSweep(w http.ResponseWriter, r *http.Request) {
+func (a *server) triggerSweep(w http.ResponseWriter, r *http.Request) {
 	dryRun, ok := boolQuery(w, r, "dry_run")
 	if !ok {
 		return
 	}
 	// Like a scheduled tick, a manual sweep is refused while the database is
 	// known to be down rather than left to hang on connection attempts.
-	if !a.ready() {
+	if !a.Readiness.Ready() {
 		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable: sweeps are paused until it answers")
 		return
 	}
-	sum, err := a.scheduler.Trigger(r.Context(), dryRun)
+	sum, err := a.Sweeps.Trigger(r.Context(), dryRun)
 	if err != nil {
 		status, code := http.StatusInternalServerError, codeInternal
-		if !a.ready() {
+		if !a.Readiness.Ready() {
 			status, code = http.StatusServiceUnavailable, codeUnavailable
 		}
 		writeJSON(w, status, sweepError{Error: "sweep failed: " + err.Error(), Code: code, Summary: sum})
@@ -207,7 +271,7 @@ func (ra *retryAfter) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-func (a *adminAPI) reportFailure(w http.ResponseWriter, r *http.Request) {
+func (a *server) reportFailure(w http.ResponseWriter, r *http.Request) {
 	step, ok := stepParam(w, r)
 	if !ok {
 		return
@@ -221,7 +285,7 @@ func (a *adminAPI) reportFailure(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("invalid http_status %d: want 100-599, or 0 for none", req.HTTPStatus))
 		return
 	}
-	res, err := a.handleFailure(r.Context(), handling.Failure{
+	res, err := a.Failures.HandleStepError(r.Context(), handling.Failure{
 		StepUUID:   step,
 		Message:    req.Message,
 		Kind:       req.Kind,
@@ -265,12 +329,12 @@ type stepStatusResponse struct {
 	DBNow          time.Time          `json:"db_now"`
 }
 
-func (a *adminAPI) stepStatus(w http.ResponseWriter, r *http.Request) {
+func (a *server) stepStatus(w http.ResponseWriter, r *http.Request) {
 	step, ok := stepParam(w, r)
 	if !ok {
 		return
 	}
-	sd, err := a.store.StepDueStatus(r.Context(), step)
+	sd, err := a.StepStatus.StepDueStatus(r.Context(), step)
 	if errors.Is(err, statemachine.ErrStepNotFound) {
 		writeError(w, http.StatusNotFound, codeNotFound, "step "+step.String()+" not found")
 		return
@@ -304,7 +368,7 @@ type notMovedError struct {
 	Reason string `json:"reason"`
 }
 
-func (a *adminAPI) retryStep(w http.ResponseWriter, r *http.Request) {
+func (a *server) retryStep(w http.ResponseWriter, r *http.Request) {
 	step, ok := stepParam(w, r)
 	if !ok {
 		return
@@ -313,7 +377,7 @@ func (a *adminAPI) retryStep(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	mv, err := a.sweeper.MoveStep(r.Context(), step, force)
+	mv, err := a.Steps.MoveStep(r.Context(), step, force)
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, retryResponse{
@@ -330,8 +394,8 @@ func (a *adminAPI) retryStep(w http.ResponseWriter, r *http.Request) {
 
 // explainNotMoved answers a retry the claim refused: 404 for an unknown step,
 // else 409 with the due rule's reason.
-func (a *adminAPI) explainNotMoved(w http.ResponseWriter, r *http.Request, step uuid.UUID, force bool) {
-	sd, err := a.store.StepDueStatus(r.Context(), step)
+func (a *server) explainNotMoved(w http.ResponseWriter, r *http.Request, step uuid.UUID, force bool) {
+	sd, err := a.StepStatus.StepDueStatus(r.Context(), step)
 	if errors.Is(err, statemachine.ErrStepNotFound) {
 		writeError(w, http.StatusNotFound, codeNotFound, "step "+step.String()+" not found")
 		return
@@ -351,7 +415,7 @@ func (a *adminAPI) explainNotMoved(w http.ResponseWriter, r *http.Request, step 
 
 // movableButForBackoff reports whether every condition of the due rule but
 // the due time holds: what a forced retry requires.
-func movableButForBackoff(sd db.StepDue) bool {
+func movableButForBackoff(sd sweeper.StepDue) bool {
 	return sd.State == statemachine.WaitingForRetry && !sd.Processed && !sd.InProcess &&
 		sd.RetryEligible && sd.UnmetParents == 0
 }
@@ -366,19 +430,19 @@ type statusResponse struct {
 	NextDueAt     *time.Time                   `json:"next_due_at"`
 }
 
-func (a *adminAPI) status(w http.ResponseWriter, r *http.Request) {
-	counts, err := a.store.StepCountsByState(r.Context())
+func (a *server) status(w http.ResponseWriter, r *http.Request) {
+	counts, err := a.Status.StepCountsByState(r.Context())
 	if err != nil {
 		a.internalError(w, r, "count steps by state", err)
 		return
 	}
-	due, err := a.store.CountDue(r.Context())
+	due, err := a.Status.CountDue(r.Context())
 	if err != nil {
 		a.internalError(w, r, "count due steps", err)
 		return
 	}
 	resp := statusResponse{
-		Ready: a.ready(), CountsByState: counts,
+		Ready: a.Readiness.Ready(), CountsByState: counts,
 		DueNow: due.Due, Stranded: due.Stranded, NotYetDue: due.NotYetDue,
 	}
 	if due.NotYetDue > 0 {
@@ -389,11 +453,11 @@ func (a *adminAPI) status(w http.ResponseWriter, r *http.Request) {
 }
 
 // authorized requires the bearer token on next when one is configured.
-func (a *adminAPI) authorized(next http.HandlerFunc) http.Handler {
-	if a.token == "" {
+func (a *server) authorized(next http.HandlerFunc) http.Handler {
+	if a.Token == "" {
 		return next
 	}
-	want := sha256.Sum256([]byte(a.token))
+	want := sha256.Sum256([]byte(a.Token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		scheme, token, found := strings.Cut(r.Header.Get("Authorization"), " ")
 		if !found || !strings.EqualFold(scheme, "Bearer") {
@@ -414,19 +478,19 @@ func (a *adminAPI) authorized(next http.HandlerFunc) http.Handler {
 
 // internalError answers an unexpected failure: 503 when the database is
 // known to be down (the caller can retry later), 500 otherwise, logged.
-func (a *adminAPI) internalError(w http.ResponseWriter, r *http.Request, what string, err error, attrs ...slog.Attr) {
+func (a *server) internalError(w http.ResponseWriter, r *http.Request, what string, err error, attrs ...slog.Attr) {
 	if errors.Is(err, context.Canceled) && r.Context().Err() != nil {
 		// The client went away; nobody reads the answer.
 		writeError(w, http.StatusServiceUnavailable, codeUnavailable, what+": request cancelled")
 		return
 	}
-	if !a.ready() {
-		a.logger.LogAttrs(r.Context(), slog.LevelWarn, "admin API: database unreachable",
+	if !a.Readiness.Ready() {
+		a.Logger.LogAttrs(r.Context(), slog.LevelWarn, "admin API: database unreachable",
 			append(attrs, slog.String("operation", what), slog.Any("error", err))...)
 		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable: "+what+": "+err.Error())
 		return
 	}
-	a.logger.LogAttrs(r.Context(), slog.LevelError, "admin API request failed",
+	a.Logger.LogAttrs(r.Context(), slog.LevelError, "admin API request failed",
 		append(attrs, slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.String("operation", what), slog.Any("error", err))...)
 	writeError(w, http.StatusInternalServerError, codeInternal, "internal error: "+what+": "+err.Error())

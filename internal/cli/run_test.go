@@ -1,0 +1,175 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/tasker-sweeper/retrysweeper/internal/pgserver"
+	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
+)
+
+// daemon is `sweeper run` started in-process with hooks that report its
+// progress on channels.
+type daemon struct {
+	cancel context.CancelFunc
+	exited chan int
+	logs   *syncBuffer
+	// addr receives the admin API's address once it listens.
+	addr chan string
+	// up is closed by the first health check that reaches the database.
+	up chan struct{}
+	// sweeps receives every sweep's summary.
+	sweeps chan sweeper.Summary
+}
+
+func startDaemon(t *testing.T, vars []string, args ...string) *daemon {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	d := &daemon{
+		cancel: cancel, exited: make(chan int, 1), logs: &syncBuffer{},
+		addr: make(chan string, 1), up: make(chan struct{}), sweeps: make(chan sweeper.Summary, 64),
+	}
+	markUp := sync.OnceFunc(func() { close(d.up) })
+	e := env{
+		getenv: getenvOf(vars), stdout: io.Discard, stderr: d.logs,
+		daemon: daemonHooks{
+			started: func(addr string) { d.addr <- addr },
+			sweepDone: func(sum sweeper.Summary, _ error) {
+				select {
+				case d.sweeps <- sum:
+				default: // nobody is looking at that many sweeps
+				}
+			},
+			databaseChecked: func(up bool) {
+				if up {
+					markUp()
+				}
+			},
+		},
+	}
+	go func() { d.exited <- run(ctx, e, append([]string{"run"}, args...)) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-d.exited:
+		case <-time.After(30 * time.Second):
+			t.Error("the daemon did not stop within 30 s of its context")
+		}
+	})
+	return d
+}
+
+// stop cancels the daemon's context (what SIGTERM does) and returns its
+// exit code.
+func (d *daemon) stop(t *testing.T) int {
+	t.Helper()
+	d.cancel()
+	code := receive(t, d.exited, 30*time.Second, "the daemon to exit")
+	d.exited <- code // for the cleanup
+	return code
+}
+
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	client := http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get(url)
+	require.NoError(t, err)
+	defer func() { _ = resp.Body.Close() }()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(body)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	port := l.Addr().(*net.TCPAddr).Port
+	require.NoError(t, l.Close())
+	return port
+}
+
+// The daemon sweeps on its schedule, serves the admin API over the same
+// pieces, and exits 0 when its context ends.
+func TestRunSweepsOnScheduleAndStopsOnCancel(t *testing.T) {
+	t.Parallel()
+	pool, url := testdb.NewWithURL(t)
+	testdb.SeedDue(t, pool, 25)
+	d := startDaemon(t, []string{"DATABASE_URL=" + url, "SWEEPER_SCHEDULE=@every 1s"},
+		"--http-addr", "127.0.0.1:0", "--batch-size", "10", "--log-format", "json")
+	addr := receive(t, d.addr, 10*time.Second, "the admin API")
+	receive(t, d.up, 10*time.Second, "the first successful health check")
+	status, _ := httpGet(t, "http://"+addr+"/readyz")
+	require.Equal(t, http.StatusOK, status)
+
+	moved := 0
+	for moved < 25 {
+		sum := receive(t, d.sweeps, 20*time.Second, "a scheduled sweep")
+		require.False(t, sum.DryRun)
+		moved += sum.Transitioned
+	}
+	require.Equal(t, 25, moved)
+	require.Zero(t, countWaiting(t, pool))
+
+	status, body := httpGet(t, "http://"+addr+"/metrics")
+	require.Equal(t, http.StatusOK, status)
+	require.Contains(t, body, "tasker_sweeper_steps_transitioned_total 25")
+	require.Contains(t, body, "tasker_sweeper_database_up 1")
+	require.Contains(t, body, `tasker_sweeper_batches_total{outcome="moved"} 3`)
+
+	require.Equal(t, 0, d.stop(t), d.logs.String())
+	logs := d.logs.String()
+	require.Contains(t, logs, `"msg":"sweeper running"`)
+	require.Contains(t, logs, `"msg":"sweeper stopped"`)
+	require.NotContains(t, logs, `"level":"ERROR"`, "a clean run logs no errors")
+}
+
+// The daemon starts with its database down, reports not ready, and becomes
+// ready on its own within seconds of the database starting.
+func TestRunWaitsForDatabaseAndRecovers(t *testing.T) {
+	t.Parallel()
+	port := freePort(t)
+	url := fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=2", port)
+	d := startDaemon(t, []string{"DATABASE_URL=" + url},
+		"--http-addr", "127.0.0.1:0", "--schedule", "@every 1s", "--log-format", "json")
+	addr := receive(t, d.addr, 10*time.Second, "the admin API")
+
+	status, _ := httpGet(t, "http://"+addr+"/healthz")
+	require.Equal(t, http.StatusOK, status)
+	status, body := httpGet(t, "http://"+addr+"/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, status, body)
+
+	srv, err := pgserver.Start(context.Background(), pgserver.Options{Port: port})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, srv.Stop()) }()
+	started := time.Now()
+	receive(t, d.up, 10*time.Second, "readiness after the database started")
+	t.Logf("ready %s after the database started", time.Since(started).Round(time.Millisecond))
+	status, _ = httpGet(t, "http://"+addr+"/readyz")
+	require.Equal(t, http.StatusOK, status)
+	require.Contains(t, d.logs.String(), "database reachable")
+	require.Contains(t, d.logs.String(), "database unreachable at start")
+
+	require.Equal(t, 0, d.stop(t), d.logs.String())
+}
+
+// The admin API's listen address taken is a runtime failure, exit 1, after
+// which nothing is left running.
+func TestRunExits1WhenTheAdminAddressIsTaken(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer func() { _ = l.Close() }()
+	res := runCLI(t, []string{"DATABASE_URL=postgres://postgres@127.0.0.1:1/x"}, "run", "--http-addr", l.Addr().String())
+	require.Equal(t, 1, res.code, res.stderr)
+	require.Contains(t, res.stderr, "sweeper run: listen on "+l.Addr().String())
+}

@@ -1,0 +1,213 @@
+// Package telemetry owns the daemon's Prometheus metrics: the registry and
+// its series, and the adapters that feed them from the sweeper's hooks, the
+// scheduler's skipped ticks, the full adoption passes, the database health
+// checks and the inline handler's decisions.
+package telemetry
+
+import (
+	"context"
+	"errors"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
+)
+
+// Metrics are the daemon's Prometheus series, on a registry of their own so
+// tests can build as many daemons as they like.
+type Metrics struct {
+	registry     *prometheus.Registry
+	sweeps       *prometheus.CounterVec
+	transitioned prometheus.Counter
+	stranded     prometheus.Gauge
+	lostRaces    prometheus.Counter
+	batches      *prometheus.CounterVec
+	duration     prometheus.Histogram
+	lag          prometheus.Histogram
+	skippedTicks *prometheus.CounterVec
+	decisions    *prometheus.CounterVec
+	databaseUp   prometheus.Gauge
+	adopted      *prometheus.CounterVec
+	reconciles   *prometheus.CounterVec
+	drift        *prometheus.CounterVec
+	locked       prometheus.Counter
+}
+
+// New registers every series, plus the Go runtime and process collectors.
+func New() *Metrics {
+	const ns = "tasker_sweeper"
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "sweeps_total",
+			Help: "Sweeps by outcome: success, failure, canceled, dry_run.",
+		}, []string{"outcome"}),
+		transitioned: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "steps_transitioned_total",
+			Help: "Steps moved from waiting_for_retry to pending.",
+		}),
+		stranded: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "stranded_steps",
+			Help: "Steps in waiting_for_retry that are not retry-eligible, as of the last sweep: only an operator can move them.",
+		}),
+		lostRaces: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "lost_races_total",
+			Help: "Claimed steps another writer moved first.",
+		}),
+		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "batches_total",
+			Help: "Batch transactions by outcome: moved, empty, failed.",
+		}, []string{"outcome"}),
+		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "sweep_duration_seconds",
+			Help:    "Wall time of one sweep.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
+		}),
+		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "due_to_pending_lag_seconds",
+			Help:    "Time from a step becoming due to the sweep moving it to pending (database clock).",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60, 120, 300},
+		}),
+		skippedTicks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "skipped_ticks_total",
+			Help: "Scheduled ticks skipped, by reason: sweep_running, database_unavailable.",
+		}, []string{"reason"}),
+		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "handler_decisions_total",
+			Help: "Inline failure handler decisions by action and error category.",
+		}, []string{"action", "category"}),
+		databaseUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "database_up",
+			Help: "1 when the last database health check succeeded.",
+		}),
+		adopted: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "steps_adopted_total",
+			Help: "Waiting steps parked by other writers that joined the schedule on a sweep (each sweep looks at the recent ones).",
+		}, []string{"pass"}),
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "reconcile_passes_total",
+			Help: "Reconcile passes this process ran, by outcome: done, skipped (another replica was running one), failed.",
+		}, []string{"outcome"}),
+		drift: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "schedule_drift_total",
+			Help: "Schedule rows a reconcile pass corrected, by kind: missing, orphaned, retimed_earlier, retimed_later, restranded.",
+		}, []string{"kind"}),
+		locked: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "skipped_locked_steps_total",
+			Help: "Due steps a sweep left waiting because another transaction held them locked (tried again next sweep).",
+		}),
+	}
+	m.registry.MustRegister(m.sweeps, m.transitioned, m.stranded, m.lostRaces, m.batches, m.duration, m.lag,
+		m.skippedTicks, m.decisions, m.databaseUp, m.adopted, m.reconciles, m.drift, m.locked,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the registry in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{})
+}
+
+// SweepHooks feeds sweep and batch outcomes into the metrics.
+func (m *Metrics) SweepHooks() sweeper.Hooks {
+	return sweeper.Hooks{BatchDone: m.batchDone, SweepDone: m.sweepDone}
+}
+
+func (m *Metrics) batchDone(res sweeper.BatchResult, err error) {
+	switch {
+	case err != nil:
+		m.batches.WithLabelValues("failed").Inc()
+	case res.Claimed == 0:
+		m.batches.WithLabelValues("empty").Inc()
+	default:
+		m.batches.WithLabelValues("moved").Inc()
+	}
+	for _, mv := range res.Moved {
+		if !mv.DueAt.IsZero() {
+			m.lag.Observe(max(mv.MovedAt.Sub(mv.DueAt).Seconds(), 0))
+		}
+	}
+}
+
+func (m *Metrics) sweepDone(sum sweeper.Summary, err error) {
+	outcome := "success"
+	switch {
+	case sum.Interrupted || errors.Is(err, sweeper.ErrInterrupted) || errors.Is(err, context.Canceled):
+		outcome = "interrupted"
+	case err != nil:
+		outcome = "failure"
+	case sum.DryRun:
+		outcome = "dry_run"
+	}
+	m.sweeps.WithLabelValues(outcome).Inc()
+	m.duration.Observe(sum.Duration.Seconds())
+	if !sum.DryRun {
+		m.transitioned.Add(float64(sum.Transitioned))
+		m.lostRaces.Add(float64(sum.LostRaces))
+		m.adopted.WithLabelValues("sweep").Add(float64(sum.Adopted))
+		m.locked.Add(float64(sum.SkippedLocked))
+	}
+	if err == nil {
+		m.stranded.Set(float64(sum.Stranded))
+	}
+}
+
+// ReconcilePass records one attempt at a reconcile pass (fits
+// sweeper.ReconcileOptions.OnPassDone); a check that found none due is not
+// a pass.
+func (m *Metrics) ReconcilePass(res sweeper.Reconciliation, err error) {
+	switch {
+	case err != nil:
+		m.reconciles.WithLabelValues("failed").Inc()
+	case res.Skipped:
+		m.reconciles.WithLabelValues("skipped").Inc()
+	case res.Ran:
+		m.reconciles.WithLabelValues("done").Inc()
+		m.drift.WithLabelValues("missing").Add(float64(res.Missing))
+		m.drift.WithLabelValues("orphaned").Add(float64(res.Orphaned))
+		m.drift.WithLabelValues("retimed_earlier").Add(float64(res.RetimedEarlier))
+		m.drift.WithLabelValues("retimed_later").Add(float64(res.RetimedLater))
+		m.drift.WithLabelValues("restranded").Add(float64(res.Restranded))
+	}
+}
+
+// SkippedTick counts a scheduled tick skipped for reason (fits
+// sweeper.SchedulerOptions.OnSkippedTick).
+func (m *Metrics) SkippedTick(reason string) { m.skippedTicks.WithLabelValues(reason).Inc() }
+
+// DatabaseChecked records a health check's verdict.
+func (m *Metrics) DatabaseChecked(up bool) {
+	if up {
+		m.databaseUp.Set(1)
+	} else {
+		m.databaseUp.Set(0)
+	}
+}
+
+// FailureHandler is the inline handler as CountDecisions wraps it.
+type FailureHandler interface {
+	HandleStepError(ctx context.Context, f handling.Failure) (handling.Result, error)
+}
+
+// CountDecisions wraps next so that every decision it makes is counted by
+// action and error category; errors are not decisions.
+func (m *Metrics) CountDecisions(next FailureHandler) FailureHandler {
+	return decisionCounter{next: next, metrics: m}
+}
+
+type decisionCounter struct {
+	next    FailureHandler
+	metrics *Metrics
+}
+
+func (d decisionCounter) HandleStepError(ctx context.Context, f handling.Failure) (handling.Result, error) {
+	res, err := d.next.HandleStepError(ctx, f)
+	if err == nil {
+		d.metrics.decisions.WithLabelValues(string(res.Action), string(res.Classification.Category)).Inc()
+	}
+	return res, err
+}
