@@ -48,10 +48,10 @@ func (*scheduleStore) afterMove(ctx context.Context, q *dbsqlc.Queries, moved []
 // adopted something or it is adoptionAdvanceEvery old, so an idle sweep
 // writes nothing.
 const (
-	adoptionMargin       = time.Minute
-	adoptionMaxPin       = 10 * time.Minute
-	adoptionAdvanceEvery = 10 * time.Second
-	rescheduleBatch      = 1000
+	defaultAdoptionMargin = time.Minute
+	adoptionMaxPin        = 10 * time.Minute
+	adoptionAdvanceEvery  = 10 * time.Second
+	rescheduleBatch       = 1000
 	// recheckAfter is how long a blocked or stranded step waits before the
 	// re-evaluation looks at it again.
 	recheckAfter = 30 * time.Second
@@ -109,7 +109,7 @@ func (s *scheduleStore) adopt(ctx context.Context) (int, *sweeper.Reconciliation
 		}
 		return int(res.Missing), &res, nil
 	}
-	row, err := s.q.ScheduleAdopt(ctx, dbsqlc.ScheduleAdoptParams{Now: s.now(), Since: state.Watermark.Add(-adoptionMargin)})
+	row, err := s.q.ScheduleAdopt(ctx, dbsqlc.ScheduleAdoptParams{Now: s.now(), Since: state.Watermark.Add(-s.adoptionMargin)})
 	if err != nil {
 		return 0, nil, fmt.Errorf("adopt waiting steps: %w", translate(err))
 	}

@@ -35,6 +35,8 @@ type base struct {
 	q    *dbsqlc.Queries
 	// clock, when set, pins the time every due decision is made at (tests).
 	clock func() time.Time
+	// adoptionMargin is how far behind its watermark adoption looks again.
+	adoptionMargin time.Duration
 }
 
 // Option customises a Store.
@@ -45,9 +47,14 @@ type Option func(*Store)
 // last_attempted_at) still use the database clock.
 func WithClock(clock func() time.Time) Option { return func(s *Store) { s.clock = clock } }
 
+// WithAdoptionMargin sets how far behind its watermark each adoption pass
+// looks again (default one minute: writers whose clock runs behind the
+// database's). Tests set 0 to see the open-transaction bound alone.
+func WithAdoptionMargin(d time.Duration) Option { return func(s *Store) { s.adoptionMargin = d } }
+
 // NewStore wraps a pool; the pool should come from Connect (UTC sessions).
 func NewStore(pool *pgxpool.Pool, opts ...Option) *Store {
-	s := &Store{base: base{pool: pool, q: dbsqlc.New(pool)}}
+	s := &Store{base: base{pool: pool, q: dbsqlc.New(pool), adoptionMargin: defaultAdoptionMargin}}
 	for _, o := range opts {
 		o(s)
 	}
