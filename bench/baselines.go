@@ -11,53 +11,24 @@ import (
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/tasker-sweeper/retrysweeper/db/queries"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
-// dueStepsSQL selects due steps with exactly the due rule of SPEC §7, as
-// db/queries/sweep.sql (SweepClaimDue) states it, in the same form (the
-// parent check as a LIMIT 1 subquery, which the planner runs per candidate
-// by index): in waiting_for_retry, not processed, not in process, every
-// parent complete or resolved_manually, retry-eligible, next retry time not
-// after now(). Keep it in step with SweepClaimDue: the limit is only the
-// limit if it is planned as well as the sweep. The baselines append their
-// LIMIT and FOR UPDATE … SKIP LOCKED.
+// dueStepsSQL selects due steps with exactly the sweep's due rule, from the
+// fragments the sweeper's own queries are rendered from (db/queries), in the
+// same form as SweepClaimDue: the limit is only the limit if it is planned as
+// well as the sweep. The baselines append their LIMIT and FOR UPDATE … SKIP
+// LOCKED.
 const dueStepsSQL = `
 SELECT
     ws.workflow_step_uuid,
-    coalesce(
-        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
-        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
-         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
-        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
-        cur.created_at
-    ) AS due_at
+    ` + queries.ClaimDueAt + ` AS due_at
 FROM tasker.workflow_step_transitions cur
 JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = cur.workflow_step_uuid
 WHERE cur.most_recent
   AND cur.to_state = 'waiting_for_retry'
-  AND NOT ws.processed
-  AND NOT ws.in_process
-  AND (coalesce(ws.attempts, 0) = 0
-       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))
-  -- Written as a LIMIT 1 subquery, not NOT EXISTS: PostgreSQL never turns
-  -- it into an anti-join, so each candidate probes its own edges by index
-  -- instead of every claim hashing every edge in the database.
-  AND NOT coalesce((
-        SELECT true
-        FROM tasker.workflow_step_edges edge
-        LEFT JOIN tasker.workflow_step_transitions parent
-            ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
-        WHERE edge.to_step_uuid = ws.workflow_step_uuid
-          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually')
-        LIMIT 1), false)
-  AND coalesce(
-        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
-        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
-         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
-        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'),
-        cur.created_at
-      ) <= now()`
+  AND ` + queries.Movable
 
 // limitMoveSQL is the limit baseline: one set-based statement that claims
 // up to $1 due steps (SKIP LOCKED), retires their current rows with a

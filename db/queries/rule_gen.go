@@ -2,21 +2,24 @@
 
 // Package queries holds the SQL that sqlc reads, rendered from templates/,
 // and the due rule's fragments as constants for hand-written SQL elsewhere
-// (the benchmark's baselines). The fragments expect the step as ws and take
-// the optional clock as the named parameter now.
+// (the benchmark's baselines). The fragments expect the step as ws; their
+// clock is the database's now().
 package queries
-
-// Now is the clock every due decision uses: the optional now parameter, else now().
-const Now = "coalesce(sqlc.narg('now')::timestamptz, now())"
 
 // RetryAt is a step's next retry time (NULL: none, due at once); ws in scope.
 const RetryAt = "coalesce(\n        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',\n        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e\n         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')\n        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds'))"
 
 // Due says the next retry time has come; ws in scope.
-const Due = "coalesce(coalesce(\n        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',\n        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e\n         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')\n        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce(sqlc.narg('now')::timestamptz, now()), true)"
+const Due = "coalesce(coalesce(\n        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',\n        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e\n         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')\n        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= now(), true)"
 
 // Eligible is tasker's retry eligibility; ws in scope.
 const Eligible = "(coalesce(ws.attempts, 0) = 0\n       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))"
 
 // Unblocked is: not processed, not in process, every parent done; ws in scope.
 const Unblocked = "(NOT ws.processed\n       AND NOT ws.in_process\n       AND NOT coalesce((\n        SELECT true\n        FROM tasker.workflow_step_edges edge\n        LEFT JOIN tasker.workflow_step_transitions parent\n            ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent\n        WHERE edge.to_step_uuid = ws.workflow_step_uuid\n          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually')\n        LIMIT 1), false))"
+
+// Movable is the whole due rule for a waiting step: unblocked, eligible, due; ws in scope.
+const Movable = "(NOT ws.processed\n       AND NOT ws.in_process\n       AND NOT coalesce((\n        SELECT true\n        FROM tasker.workflow_step_edges edge\n        LEFT JOIN tasker.workflow_step_transitions parent\n            ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent\n        WHERE edge.to_step_uuid = ws.workflow_step_uuid\n          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually')\n        LIMIT 1), false))\n  AND (coalesce(ws.attempts, 0) = 0\n       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))\n  AND coalesce(coalesce(\n        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',\n        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e\n         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')\n        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= now(), true)"
+
+// ClaimDueAt is the due time a claim reports; ws and its current transition cur in scope.
+const ClaimDueAt = "coalesce(\n        CASE WHEN isfinite(coalesce(\n        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',\n        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e\n         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')\n        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')))\n             THEN coalesce(\n        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',\n        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e\n         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')\n        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) END,\n        CASE WHEN isfinite(cur.created_at) THEN cur.created_at END,\n        now()::timestamp)::timestamp"
