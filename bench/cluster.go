@@ -105,6 +105,8 @@ func (b *bench) execute(ctx context.Context) error {
 			err = b.backlog(ctx)
 		case "idle":
 			err = b.idle(ctx)
+		case "reconcile":
+			err = b.reconcile(ctx)
 		case "lag":
 			err = b.lag(ctx)
 		case "memory":

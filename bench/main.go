@@ -52,7 +52,7 @@ type options struct {
 }
 
 // allScenarios lists the scenarios in the order they run.
-var allScenarios = []string{"backlog", "idle", "lag", "memory", "handler", "orchestrator"}
+var allScenarios = []string{"backlog", "idle", "reconcile", "lag", "memory", "handler", "orchestrator"}
 
 func parseOptions(args []string, stderr io.Writer) (options, error) {
 	var o options
