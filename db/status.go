@@ -33,21 +33,22 @@ func (s *base) StepDueStatus(ctx context.Context, step uuid.UUID) (StepDue, erro
 		return StepDue{}, fmt.Errorf("step %s: %w", step, err)
 	}
 	return StepDue{
-		StepUUID:         step,
-		State:            state,
-		Processed:        row.Processed,
-		InProcess:        row.InProcess,
-		RetryEligible:    row.RetryEligible,
-		Retryable:        row.Retryable,
-		Attempts:         row.Attempts,
-		MaxAttempts:      row.MaxAttempts,
-		UnmetParents:     int(row.UnmetParents),
-		IsDue:            row.Due,
-		RetryTimeReached: row.RetryTimeReached,
-		NeverDue:         row.NeverDue,
-		DueAt:            row.DueAt,
-		DueFromBackoff:   row.DueFromBackoff,
-		DBNow:            row.DbNow,
+		StepUUID:          step,
+		State:             state,
+		Processed:         row.Processed,
+		InProcess:         row.InProcess,
+		RetryEligible:     row.RetryEligible,
+		Retryable:         row.Retryable,
+		Attempts:          row.Attempts,
+		MaxAttempts:       row.MaxAttempts,
+		UnmetParents:      int(row.UnmetParents),
+		IsDue:             row.Due,
+		RetryTimeReached:  row.RetryTimeReached,
+		MovableButForTime: row.MovableButForTime,
+		NeverDue:          row.NeverDue,
+		DueAt:             row.DueAt,
+		DueFromBackoff:    row.DueFromBackoff,
+		DBNow:             row.DbNow,
 	}, nil
 }
 

@@ -26,6 +26,9 @@ type StepDue struct {
 	IsDue bool
 	// RetryTimeReached says the step's next retry time, if any, has come.
 	RetryTimeReached bool
+	// MovableButForTime says every condition but the time holds: what a
+	// forced retry needs.
+	MovableButForTime bool
 	// NeverDue means the next retry time is infinity.
 	NeverDue bool
 	// DueAt is when the backoff expires; when neither the backoff columns

@@ -407,17 +407,10 @@ func (a *server) explainNotMoved(w http.ResponseWriter, r *http.Request, step uu
 	due, reason := sd.Due()
 	// The claim skips locked rows, so a step that is movable by the rule was
 	// held by a concurrent sweep or the orchestrator at that moment.
-	if due || (force && movableButForBackoff(sd)) {
+	if due || (force && sd.MovableButForTime) {
 		reason = "step is locked by another writer right now; try again"
 	}
 	writeJSON(w, http.StatusConflict, notMovedError{Error: "step not moved: " + reason, Code: codeConflict, Reason: reason})
-}
-
-// movableButForBackoff reports whether every condition of the due rule but
-// the due time holds: what a forced retry requires.
-func movableButForBackoff(sd sweeper.StepDue) bool {
-	return sd.State == statemachine.WaitingForRetry && !sd.Processed && !sd.InProcess &&
-		sd.RetryEligible && sd.UnmetParents == 0
 }
 
 // statusResponse is GET /v1/status.

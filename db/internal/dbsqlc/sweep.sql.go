@@ -157,6 +157,19 @@ SELECT
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
          WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce($1::timestamptz, now()), true)::boolean AS retry_time_reached,
+    -- Everything but the time: what a forced retry needs.
+    (coalesce(cur.to_state, 'pending') = 'waiting_for_retry'
+     AND (NOT ws.processed
+       AND NOT ws.in_process
+       AND NOT coalesce((
+        SELECT true
+        FROM tasker.workflow_step_edges edge
+        LEFT JOIN tasker.workflow_step_transitions parent
+            ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
+        WHERE edge.to_step_uuid = ws.workflow_step_uuid
+          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually')
+        LIMIT 1), false)) AND (coalesce(ws.attempts, 0) = 0
+       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3))))::boolean AS movable_but_for_time,
     -- The retry time if finite; else when the step entered its state.
     coalesce(
         CASE WHEN isfinite(coalesce(
@@ -194,20 +207,21 @@ type StepDueStatusParams struct {
 }
 
 type StepDueStatusRow struct {
-	CurrentState     string
-	Processed        bool
-	InProcess        bool
-	RetryEligible    bool
-	UnmetParents     int32
-	Due              bool
-	RetryTimeReached bool
-	DueAt            time.Time
-	NeverDue         bool
-	DueFromBackoff   bool
-	Attempts         *int32
-	MaxAttempts      *int32
-	Retryable        bool
-	DbNow            time.Time
+	CurrentState      string
+	Processed         bool
+	InProcess         bool
+	RetryEligible     bool
+	UnmetParents      int32
+	Due               bool
+	RetryTimeReached  bool
+	MovableButForTime bool
+	DueAt             time.Time
+	NeverDue          bool
+	DueFromBackoff    bool
+	Attempts          *int32
+	MaxAttempts       *int32
+	Retryable         bool
+	DbNow             time.Time
 }
 
 // The due rule for one step, with each of its conditions, so an operator can
@@ -223,6 +237,7 @@ func (q *Queries) StepDueStatus(ctx context.Context, arg StepDueStatusParams) (S
 		&i.UnmetParents,
 		&i.Due,
 		&i.RetryTimeReached,
+		&i.MovableButForTime,
 		&i.DueAt,
 		&i.NeverDue,
 		&i.DueFromBackoff,
