@@ -14,7 +14,8 @@ import (
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
-// dueStepsSQL selects due steps with exactly the due rule of SPEC §7, as
+// dueStepsSQL selects due steps with exactly the sweep's due rule (tasker's
+// readiness rule restricted to waiting_for_retry steps), as
 // db/queries/sweep.sql (SweepClaimDue) states it, in the same form (the
 // parent check as a LIMIT 1 subquery, which the planner runs per candidate
 // by index): in waiting_for_retry, not processed, not in process, every

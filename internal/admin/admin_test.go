@@ -337,7 +337,7 @@ func TestAdminReportFailure(t *testing.T) {
 // purpose, where the real one would need a broken database.
 type scriptedHandler func(context.Context, handling.Failure) (handling.Result, error)
 
-func (f scriptedHandler) HandleStepError(ctx context.Context, failure handling.Failure) (handling.Result, error) {
+func (f scriptedHandler) Handle(ctx context.Context, failure handling.Failure) (handling.Result, error) {
 	return f(ctx, failure)
 }
 
