@@ -16,8 +16,8 @@ import (
 
 // ErrConflict means the step is in a state where the failure cannot be
 // applied (complete, cancelled, enqueued for orchestration after a success,
-// ...). Nothing was written. The error
-// returned is a *ConflictError naming the refused event.
+// ...). Nothing was written. The error returned is a *ConflictError naming
+// the refused event.
 var ErrConflict = errors.New("step state does not allow handling a failure")
 
 // ErrInvalidFailure means the failure report itself is unusable (no step id).
