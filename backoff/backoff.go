@@ -1,7 +1,6 @@
 // Package backoff owns the arithmetic of retry delays: exponential growth with a cap and jitter,
-// Retry-After parsing, and the readiness SQL's fallback due time. It does no I/O and reads
-// neither the clock nor a global random source; callers inject both, so every result can be
-// reproduced in a test.
+// and Retry-After parsing. It does no I/O and reads neither the clock nor a global random
+// source; callers inject both, so every result can be reproduced in a test.
 package backoff
 
 import (
@@ -26,7 +25,8 @@ type Config struct {
 	JitterFraction float64
 }
 
-// DefaultConfig returns the defaults of SPEC §6, which match tasker-core's BackoffCalculator.
+// DefaultConfig returns the project's defaults (1 s base, ×2, 300 s cap, 10 % jitter), which
+// match tasker-core's BackoffCalculator.
 func DefaultConfig() Config {
 	return Config{
 		Base:           time.Second,

@@ -21,7 +21,7 @@ type pathStore interface {
 	countDueLeft(ctx context.Context) (int64, error)
 	stranded(ctx context.Context, sample int) (int64, []sweeper.StrandedStep, error)
 	strandedSample(ctx context.Context, limit int) ([]sweeper.StrandedStep, error)
-	applyFailure(ctx context.Context, w handling.FailureWrite) (handling.Applied, error)
+	applyFailure(ctx context.Context, w handling.FailureWrite) (handling.FailureWritten, error)
 	reconcile(ctx context.Context, olderThan time.Duration) (sweeper.Reconciliation, error)
 }
 
@@ -119,14 +119,14 @@ func (s *Store) Reconcile(ctx context.Context, olderThan time.Duration) (sweeper
 // ApplyFailure implements handling.Store: the step columns, the transition
 // and (on the schedule path) the schedule row are written atomically, so a
 // crash or a lost race leaves none of them behind.
-func (s *Store) ApplyFailure(ctx context.Context, w handling.FailureWrite) (handling.Applied, error) {
+func (s *Store) ApplyFailure(ctx context.Context, w handling.FailureWrite) (handling.FailureWritten, error) {
 	p, err := s.choose(ctx)
 	if err != nil {
-		return handling.Applied{}, err
+		return handling.FailureWritten{}, err
 	}
-	applied, err := p.applyFailure(ctx, w)
+	written, err := p.applyFailure(ctx, w)
 	if err != nil {
-		return handling.Applied{}, fmt.Errorf("apply failure to step %s: %w", w.StepUUID, err)
+		return handling.FailureWritten{}, fmt.Errorf("apply failure to step %s: %w", w.StepUUID, err)
 	}
-	return applied, nil
+	return written, nil
 }

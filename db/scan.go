@@ -67,15 +67,15 @@ func (*scanStore) reconcile(context.Context, time.Duration) (sweeper.Reconciliat
 
 // applyFailure writes the step columns and the transition in one
 // transaction (there is no schedule to write).
-func (s *scanStore) applyFailure(ctx context.Context, w handling.FailureWrite) (handling.Applied, error) {
+func (s *scanStore) applyFailure(ctx context.Context, w handling.FailureWrite) (handling.FailureWritten, error) {
 	return s.applyFailureTx(ctx, w)
 }
 
 // applyFailureTx writes the step columns and, when there is one, the
 // transition in one transaction: the scan path, and legacy mode (no
 // transition) on either path.
-func (s *base) applyFailureTx(ctx context.Context, w handling.FailureWrite) (handling.Applied, error) {
-	var applied handling.Applied
+func (s *base) applyFailureTx(ctx context.Context, w handling.FailureWrite) (handling.FailureWritten, error) {
+	var written handling.FailureWritten
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
 		writtenAt, err := q.StepRecordFailure(ctx, dbsqlc.StepRecordFailureParams{
@@ -90,7 +90,7 @@ func (s *base) applyFailureTx(ctx context.Context, w handling.FailureWrite) (han
 		if err != nil {
 			return translate(err)
 		}
-		applied.NextRetryAt = nextRetryAt(w, writtenAt)
+		written.NextRetryAt = nextRetryAt(w, writtenAt)
 		if w.Event == nil {
 			return nil
 		}
@@ -99,7 +99,7 @@ func (s *base) applyFailureTx(ctx context.Context, w handling.FailureWrite) (han
 		})
 		return err
 	})
-	return applied, err
+	return written, err
 }
 
 // nextRetryAt is when a step with a freshly written backoff becomes due:

@@ -224,13 +224,13 @@ func (s *scheduleStore) strandedSample(ctx context.Context, limit int) ([]sweepe
 // applyFailure is the handler's hot path: one statement, one round trip,
 // that also schedules a parked step. Legacy mode (no transition) writes the
 // backoff only, in a transaction.
-func (s *scheduleStore) applyFailure(ctx context.Context, w handling.FailureWrite) (handling.Applied, error) {
+func (s *scheduleStore) applyFailure(ctx context.Context, w handling.FailureWrite) (handling.FailureWritten, error) {
 	if w.Event == nil {
 		return s.applyFailureTx(ctx, w)
 	}
 	to, meta, err := Transition{StepUUID: w.StepUUID, From: w.From, Event: *w.Event, Provenance: w.Provenance}.target()
 	if err != nil {
-		return handling.Applied{}, err
+		return handling.FailureWritten{}, err
 	}
 	row, err := s.q.FailureApplyScheduled(ctx, dbsqlc.FailureApplyScheduledParams{
 		WorkflowStepUUID:      w.StepUUID,
@@ -242,11 +242,11 @@ func (s *scheduleStore) applyFailure(ctx context.Context, w handling.FailureWrit
 	})
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		return handling.Applied{}, statemachine.ErrStepNotFound
+		return handling.FailureWritten{}, statemachine.ErrStepNotFound
 	case err != nil:
-		return handling.Applied{}, translate(err)
+		return handling.FailureWritten{}, translate(err)
 	case !row.Written:
-		return handling.Applied{}, fmt.Errorf("transition from %s: state changed: %w", w.From, statemachine.ErrLostRace)
+		return handling.FailureWritten{}, fmt.Errorf("transition from %s: state changed: %w", w.From, statemachine.ErrLostRace)
 	}
-	return handling.Applied{NextRetryAt: nextRetryAt(w, row.WrittenAt)}, nil
+	return handling.FailureWritten{NextRetryAt: nextRetryAt(w, row.WrittenAt)}, nil
 }

@@ -30,8 +30,8 @@ const (
 	CategoryUnknown            Category = "Unknown"
 )
 
-// allCategories is the single list that Categories and ParseCategory share,
-// so a new category cannot be added to one and forgotten in the other.
+// allCategories lists every category once; ParseCategory's names are built
+// from it, so a new category cannot be forgotten there.
 var allCategories = [...]Category{
 	CategoryPermanent,
 	CategoryTransient,
@@ -59,15 +59,6 @@ var categoryByName = func() map[string]Category {
 // ErrUnknownCategory is returned by ParseCategory so callers can tell a
 // misspelled kind from other errors with errors.Is.
 var ErrUnknownCategory = errors.New("unknown error category")
-
-// Categories returns every category in a fixed order, as a fresh slice so a
-// caller cannot change the set seen by others; useful for validating config
-// and for pre-registering metric labels.
-func Categories() []Category {
-	out := make([]Category, len(allCategories))
-	copy(out, allCategories[:])
-	return out
-}
 
 // ParseCategory reads a category from untrusted input (a worker's reported
 // kind, config). It ignores case and surrounding space and accepts
@@ -111,8 +102,8 @@ type ErrorContext struct {
 	// AttemptNumber is the attempts column as stored: it already counts the
 	// attempt that just failed (the original's +1 was an off-by-one).
 	AttemptNumber int
-	// MaxAttempts is coalesce(max_attempts, default_max_attempts), resolved
-	// by the handler so a NULL never reaches a classifier.
+	// MaxAttempts is coalesce(max_attempts, TaskerDefaultMaxAttempts),
+	// resolved by the handler so a NULL never reaches a classifier.
 	MaxAttempts int
 	// ExecutionDuration is now - last_attempted_at when known, else 0.
 	ExecutionDuration time.Duration
@@ -166,8 +157,9 @@ type Classifier interface {
 	Classify(ErrorContext) Classification
 }
 
-// StandardClassifier applies SPEC §6's rules: explicit kind, then HTTP
-// status, then message keywords, then Transient. It only judges the error;
+// StandardClassifier applies the standard rules, first match wins: the
+// reporter's explicit kind, then the HTTP status, then message keywords,
+// then Transient. It only judges the error;
 // the worker's explicit retryable hint is applied by the handler after
 // classification, because the hint is about this attempt, not the category.
 type StandardClassifier struct{}

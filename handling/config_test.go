@@ -18,7 +18,6 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		field  string
 		change func(*handling.Config)
 	}{
-		{"default_max_attempts", func(c *handling.Config) { c.DefaultMaxAttempts = 0 }},
 		{"backoff_base", func(c *handling.Config) { c.Backoff.Base = 0 }},
 		{"backoff_multiplier", func(c *handling.Config) { c.Backoff.Multiplier = 0.5 }},
 		{"backoff_max", func(c *handling.Config) { c.Backoff.Max = time.Millisecond }},
@@ -32,20 +31,18 @@ func TestConfigValidateNamesTheField(t *testing.T) {
 		require.Equal(t, tc.field, fe.Field)
 		require.Contains(t, err.Error(), tc.field)
 		require.NotEmpty(t, fe.Problem)
-		if fe.Field != "default_max_attempts" {
-			var ce *backoff.ConfigError
-			require.ErrorAs(t, err, &ce, "a backoff field's error unwraps to the backoff's own")
-		}
+		var ce *backoff.ConfigError
+		require.ErrorAs(t, err, &ce, "a backoff field's error unwraps to the backoff's own")
 	}
 }
 
 func TestNewServiceRefusesAnInvalidConfig(t *testing.T) {
 	t.Parallel()
 	cfg := handling.DefaultConfig()
-	cfg.DefaultMaxAttempts = -1
+	cfg.Backoff.Base = -time.Second
 	svc, err := handling.NewService(nil, cfg)
 	require.Nil(t, svc)
 	var fe *handling.FieldError
 	require.True(t, errors.As(err, &fe), "got %v", err)
-	require.Equal(t, "default_max_attempts", fe.Field)
+	require.Equal(t, "backoff_base", fe.Field)
 }

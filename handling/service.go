@@ -15,8 +15,9 @@ import (
 )
 
 // ErrConflict means the step is in a state where the failure cannot be
-// applied (complete, cancelled, in orchestration with a success, ...).
-// Nothing was written.
+// applied (complete, cancelled, enqueued for orchestration after a success,
+// ...). Nothing was written. The error returned is a *ConflictError naming
+// the refused event.
 var ErrConflict = errors.New("step state does not allow handling a failure")
 
 // ErrInvalidFailure means the failure report itself is unusable (no step id).
@@ -25,7 +26,7 @@ var ErrInvalidFailure = errors.New("invalid failure report")
 // Action is what the handler did with a failure.
 type Action string
 
-// The four outcomes of HandleStepError, named as in tasker-core.
+// The four outcomes of a failure report, named as in tasker-core.
 const (
 	ActionMarkedAsPermanentFailure      Action = "MarkedAsPermanentFailure"
 	ActionTransitionedToWaitingForRetry Action = "TransitionedToWaitingForRetry"
@@ -81,8 +82,9 @@ type FailureWrite struct {
 	Provenance map[string]any
 }
 
-// Applied is what the store reports back about a FailureWrite.
-type Applied struct {
+// FailureWritten is what the store reports back about a FailureWrite it
+// committed.
+type FailureWritten struct {
 	// NextRetryAt is last_attempted_at + backoff_request_seconds as written,
 	// in database time; nil when no backoff was written.
 	NextRetryAt *time.Time
@@ -95,7 +97,7 @@ type Store interface {
 	// ApplyFailure writes the step columns and the transition atomically:
 	// everything or nothing. A state that moved since From gives
 	// statemachine.ErrLostRace and writes nothing.
-	ApplyFailure(ctx context.Context, w FailureWrite) (Applied, error)
+	ApplyFailure(ctx context.Context, w FailureWrite) (FailureWritten, error)
 }
 
 // Config holds the handler's switches.
@@ -105,19 +107,17 @@ type Config struct {
 	// UseWaitingForRetryState off is the legacy mode: write the backoff
 	// only and leave the state to the orchestrator.
 	UseWaitingForRetryState bool
-	// DefaultMaxAttempts stands in for a NULL max_attempts, as in the
-	// orchestrator's readiness rule.
-	DefaultMaxAttempts int
-	Backoff            backoff.Config
+	// Backoff tunes the delay of a retry. A NULL max_attempts is not
+	// configurable: it is TaskerDefaultMaxAttempts.
+	Backoff backoff.Config
 }
 
-// DefaultConfig is classification on, waiting_for_retry on, 3 attempts and
-// the default backoff.
+// DefaultConfig is classification on, waiting_for_retry on and the default
+// backoff.
 func DefaultConfig() Config {
 	return Config{
 		UseErrorClassification:  true,
 		UseWaitingForRetryState: true,
-		DefaultMaxAttempts:      3,
 		Backoff:                 backoff.DefaultConfig(),
 	}
 }
@@ -125,9 +125,6 @@ func DefaultConfig() Config {
 // Validate reports the first setting out of range as a *FieldError; a
 // backoff field's error also unwraps to the *backoff.ConfigError.
 func (c Config) Validate() error {
-	if c.DefaultMaxAttempts < 1 {
-		return &FieldError{Field: "default_max_attempts", Problem: fmt.Sprintf("must be >= 1, got %d", c.DefaultMaxAttempts)}
-	}
 	if err := c.Backoff.Validate(); err != nil {
 		var ce *backoff.ConfigError
 		if errors.As(err, &ce) {
@@ -141,8 +138,8 @@ func (c Config) Validate() error {
 // FieldError names the Config field that is out of range, so a caller can
 // point at its own name for it (a flag, a config key).
 type FieldError struct {
-	// Field is the snake_case field name: default_max_attempts, or
-	// backoff_ and the backoff.ConfigError's field (backoff_base, ...).
+	// Field is the snake_case field name: backoff_ and the
+	// backoff.ConfigError's field (backoff_base, ...).
 	Field   string
 	Problem string
 	// Err is the underlying error, if any (a *backoff.ConfigError).
@@ -206,11 +203,13 @@ func NewService(store Store, cfg Config, opts ...Option) (*Service, error) {
 // moved the step under us; the re-read normally finds it already handled.
 const maxRaceRetries = 3
 
-// HandleStepError classifies a failure and either schedules a retry
-// (waiting_for_retry with backoff) or fails the step (error), in one
-// transaction with a compare-and-swap on the state it read. A repeated report
-// for a step already in waiting_for_retry or error is NoActionTaken.
-func (s *Service) HandleStepError(ctx context.Context, f Failure) (Result, error) {
+// Handle classifies a failure and either schedules a retry (waiting_for_retry
+// with backoff) or fails the step (error), in one transaction with a
+// compare-and-swap on the state it read. A repeated report for a step already
+// in waiting_for_retry or error is NoActionTaken. The decision itself is
+// Decide's; Handle reads the step, classifies the failure, writes the
+// decision, and decides again when another writer moved the step first.
+func (s *Service) Handle(ctx context.Context, f Failure) (Result, error) {
 	if f.StepUUID == uuid.Nil {
 		return Result{}, fmt.Errorf("%w: step uuid is required", ErrInvalidFailure)
 	}
@@ -230,16 +229,44 @@ func (s *Service) handleOnce(ctx context.Context, f Failure) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("read step: %w", err)
 	}
-	attempts := int(deref(step.Attempts, 0))
-	maxAttempts := int(deref(step.MaxAttempts, int32(s.cfg.DefaultMaxAttempts)))
-	res := Result{StepUUID: step.StepUUID, FinalState: step.State, Attempts: attempts, MaxAttempts: maxAttempts}
+	classification := s.classify(errorContext(step, f))
+	d := Decide(s.cfg, step, f, classification, s.now(), s.rnd)
+	res := Result{
+		StepUUID:       step.StepUUID,
+		Action:         d.Action,
+		FinalState:     d.FinalState,
+		BackoffSeconds: d.BackoffSeconds,
+		BackoffSource:  d.BackoffSource,
+		Attempts:       d.Attempts,
+		MaxAttempts:    d.MaxAttempts,
+		Classification: classification,
+		Reason:         d.Reason,
+	}
+	if d.Conflict != nil {
+		return res, d.Conflict
+	}
+	if !d.Writes() {
+		return res, nil
+	}
+	written, err := s.store.ApplyFailure(ctx, FailureWrite{
+		StepUUID: step.StepUUID, From: step.State, Event: d.Event,
+		BackoffSeconds: d.BackoffSeconds, Provenance: d.Provenance,
+	})
+	if err != nil {
+		return Result{}, fmt.Errorf("write %s decision: %w", d.Action, err)
+	}
+	res.NextRetryAt = written.NextRetryAt
+	return res, nil
+}
 
-	errCtx := ErrorContext{
+// errorContext is what the classifier sees of a failure on step.
+func errorContext(step Step, f Failure) ErrorContext {
+	ec := ErrorContext{
 		StepUUID:      step.StepUUID.String(),
 		TaskUUID:      step.TaskUUID.String(),
 		StepName:      step.Name,
-		AttemptNumber: attempts,
-		MaxAttempts:   maxAttempts,
+		AttemptNumber: step.attempts(),
+		MaxAttempts:   step.maxAttempts(),
 		ErrorSource:   f.Source,
 		Message:       f.Message,
 		Kind:          f.Kind,
@@ -247,125 +274,18 @@ func (s *Service) handleOnce(ctx context.Context, f Failure) (Result, error) {
 		Metadata:      f.Metadata,
 	}
 	if step.LastAttemptedAt != nil && step.DBNow.After(*step.LastAttemptedAt) {
-		errCtx.ExecutionDuration = step.DBNow.Sub(*step.LastAttemptedAt)
+		ec.ExecutionDuration = step.DBNow.Sub(*step.LastAttemptedAt)
 	}
-	res.Classification = s.classify(errCtx)
-
-	// A repeated report: the first one already parked or failed the step.
-	if step.State == statemachine.WaitingForRetry || step.State == statemachine.Error {
-		res.Action = ActionNoActionTaken
-		res.Reason = "step already in " + string(step.State) + ": failure already handled"
-		return res, nil
-	}
-
-	errorRetryable := res.Classification.Retryable
-	if f.Retryable != nil && s.cfg.UseErrorClassification {
-		errorRetryable = *f.Retryable
-	}
-	eligible := step.Retryable && errorRetryable && attempts < maxAttempts
-
-	prov := map[string]any{
-		"actor":                 "tasker-sweeper/inline-handler",
-		"error_source":          f.Source,
-		"category":              string(res.Classification.Category),
-		"error_code":            res.Classification.ErrorCode,
-		"classification_reason": res.Classification.Reason,
-		"attempts":              attempts,
-		"max_attempts":          maxAttempts,
-	}
-	if f.HTTPStatus != 0 {
-		prov["http_status"] = f.HTTPStatus
-	}
-
-	if !eligible {
-		return s.fail(ctx, step, res, f, prov)
-	}
-	decision := backoff.Compute(s.cfg.Backoff, attempts, f.RetryAfter, s.now(), s.rnd)
-	seconds := decision.Seconds()
-	res.BackoffSeconds = &seconds
-	res.BackoffSource = decision.Source
-	prov["backoff_seconds"] = seconds
-	prov["backoff_source"] = string(decision.Source)
-	prov["jitter_seconds"] = int64(decision.Jitter / time.Second)
-	if decision.Source == backoff.SourceRetryAfter {
-		prov["retry_after"] = f.RetryAfter
-	}
-
-	write := FailureWrite{StepUUID: step.StepUUID, From: step.State, BackoffSeconds: &seconds, Provenance: prov}
-	if s.cfg.UseWaitingForRetryState {
-		if !statemachine.CanTransition(step.State, statemachine.EventWaitForRetry) {
-			return res, conflict(step, statemachine.EventWaitForRetry)
-		}
-		ev := statemachine.WaitForRetryEvent(f.Message)
-		write.Event = &ev
-		prov["why"] = "retryable failure, backoff scheduled"
-	}
-	applied, err := s.store.ApplyFailure(ctx, write)
-	if err != nil {
-		return res, fmt.Errorf("schedule retry: %w", err)
-	}
-	res.NextRetryAt = applied.NextRetryAt
-	if write.Event != nil {
-		res.Action = ActionTransitionedToWaitingForRetry
-		res.FinalState = statemachine.WaitingForRetry
-		res.Reason = fmt.Sprintf("retryable %s failure, attempt %d of %d", res.Classification.Category, attempts, maxAttempts)
-	} else {
-		res.Action = ActionNoActionTaken
-		res.Reason = "legacy mode: backoff written, state left to the orchestrator"
-	}
-	return res, nil
-}
-
-func (s *Service) fail(ctx context.Context, step Step, res Result, f Failure, prov map[string]any) (Result, error) {
-	if !statemachine.CanTransition(step.State, statemachine.EventFail) {
-		return res, conflict(step, statemachine.EventFail)
-	}
-	switch {
-	case !s.cfg.UseErrorClassification:
-		res.Action = ActionMarkedAsPermanentFailure
-		res.Reason = "error classification disabled: every error is permanent"
-	case f.Retryable != nil && !*f.Retryable:
-		res.Action = ActionMarkedAsPermanentFailure
-		res.Reason = "worker reported the error as not retryable"
-	case f.Retryable == nil && !res.Classification.Retryable:
-		res.Action = ActionMarkedAsPermanentFailure
-		res.Reason = fmt.Sprintf("%s errors are not retryable", res.Classification.Category)
-	case !step.Retryable:
-		res.Action = ActionMarkedAsPermanentFailure
-		res.Reason = "step is not retryable"
-	default:
-		res.Action = ActionMarkedAsError
-		res.Reason = fmt.Sprintf("attempts exhausted (%d of %d)", res.Attempts, res.MaxAttempts)
-	}
-	prov["why"] = res.Reason
-	ev := statemachine.FailEvent(f.Message)
-	if _, err := s.store.ApplyFailure(ctx, FailureWrite{
-		StepUUID: step.StepUUID, From: step.State, Event: &ev, Provenance: prov,
-	}); err != nil {
-		return res, fmt.Errorf("fail step: %w", err)
-	}
-	res.FinalState = statemachine.Error
-	return res, nil
+	return ec
 }
 
 // classify applies the configured classifier, or the "everything is
 // permanent" rule when classification is off.
 func (s *Service) classify(ec ErrorContext) Classification {
 	if !s.cfg.UseErrorClassification {
-		return Classification{
-			Category:     CategoryPermanent,
-			Retryable:    false,
-			ErrorCode:    "CLASSIFICATION_DISABLED",
-			Message:      ec.Message,
-			FinalAttempt: ec.AttemptNumber >= ec.MaxAttempts,
-			Reason:       "classification_disabled",
-		}
+		return classificationDisabled(ec)
 	}
 	return s.classifier.Classify(ec)
-}
-
-func conflict(step Step, ev statemachine.EventType) error {
-	return fmt.Errorf("%w: step %s is %s, where %s is not allowed", ErrConflict, step.StepUUID, step.State, ev)
 }
 
 // maxMessageBytes bounds the error text stored in every transition row.

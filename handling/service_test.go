@@ -163,14 +163,14 @@ func metaString(t *testing.T, meta map[string]any, key string) string {
 	return v
 }
 
-// The main path of SPEC §6: a retryable failure with attempts left parks the
+// The main path: a retryable failure with attempts left parks the
 // step in waiting_for_retry and writes its backoff, all of it visible at once.
-func TestHandleStepErrorSchedulesRetry(t *testing.T) {
+func TestHandleSchedulesRetry(t *testing.T) {
 	t.Parallel()
-	bothPaths(t, testHandleStepErrorSchedulesRetry)
+	bothPaths(t, testHandleSchedulesRetry)
 }
 
-func testHandleStepErrorSchedulesRetry(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
+func testHandleSchedulesRetry(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 		Attempts:         testdb.Ptr[int32](1),
 		MaxAttempts:      testdb.Ptr[int32](3),
@@ -182,7 +182,7 @@ func testHandleStepErrorSchedulesRetry(t *testing.T, pool *pgxpool.Pool, objects
 	require.Nil(t, before.BackoffRequestSeconds)
 	require.True(t, before.InProcess)
 
-	res, err := newService(t, pool, jitterOff()).HandleStepError(context.Background(), handling.Failure{
+	res, err := newService(t, pool, jitterOff()).Handle(context.Background(), handling.Failure{
 		StepUUID: step, Message: "upstream hiccup", Source: "worker",
 	})
 	now := dbNow(t, pool)
@@ -242,9 +242,9 @@ func testHandleStepErrorSchedulesRetry(t *testing.T, pool *pgxpool.Pool, objects
 	require.NotContains(t, meta, "retry_after")
 }
 
-// Every decision of SPEC §6 against the database: what the result says, and
+// Every decision against the database: what the result says, and
 // what was (or was not) written.
-func TestHandleStepErrorDecisions(t *testing.T) {
+func TestHandleDecisions(t *testing.T) {
 	t.Parallel()
 	clock := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
 	const msg = "upstream hiccup" // classified Transient by the default rule
@@ -442,7 +442,7 @@ func TestHandleStepErrorDecisions(t *testing.T) {
 				f := tc.failure
 				f.StepUUID = step
 
-				res, err := newService(t, pool, cfg, tc.opts...).HandleStepError(context.Background(), f)
+				res, err := newService(t, pool, cfg, tc.opts...).Handle(context.Background(), f)
 				now := dbNow(t, pool)
 				require.NoError(t, err)
 				require.Equal(t, tc.wantAction, res.Action)
@@ -510,15 +510,15 @@ func TestHandleStepErrorDecisions(t *testing.T) {
 	}
 }
 
-// SPEC §6: "Retryable → one transaction". The handler's transaction is
+// A retry is written in one transaction. The handler's transaction is
 // killed after the step UPDATE ran and while the transition INSERT is
 // stalled: neither half may become visible.
-func TestHandleStepErrorIsOneTransaction(t *testing.T) {
+func TestHandleIsOneTransaction(t *testing.T) {
 	t.Parallel()
-	bothPaths(t, testHandleStepErrorIsOneTransaction)
+	bothPaths(t, testHandleIsOneTransaction)
 }
 
-func testHandleStepErrorIsOneTransaction(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
+func testHandleIsOneTransaction(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
 	ctx := context.Background()
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 		Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3),
@@ -551,7 +551,7 @@ FOR EACH ROW EXECUTE FUNCTION public.stall_transition_insert();`)
 	defer cancel()
 	svc := newService(t, pool, jitterOff())
 	wg.Go(func() {
-		res, handleErr = svc.HandleStepError(handleCtx, handling.Failure{
+		res, handleErr = svc.Handle(handleCtx, handling.Failure{
 			StepUUID: step, Message: "upstream hiccup",
 		})
 	})
@@ -606,7 +606,7 @@ WHERE datname = current_database() AND wait_event = 'PgSleep'`)
 // A step in a state where neither WaitForRetry nor Fail is legal is a
 // conflict, on the retry path and on the fail path alike, and nothing is
 // written.
-func TestHandleStepErrorConflictWritesNothing(t *testing.T) {
+func TestHandleConflictWritesNothing(t *testing.T) {
 	t.Parallel()
 	for _, state := range []statemachine.State{
 		statemachine.Complete, statemachine.Cancelled, statemachine.ResolvedManually,
@@ -620,7 +620,7 @@ func TestHandleStepErrorConflictWritesNothing(t *testing.T) {
 				}).Steps[0]
 				before := snapshot(t, pool, step)
 
-				_, err := newService(t, pool, jitterOff()).HandleStepError(context.Background(), handling.Failure{
+				_, err := newService(t, pool, jitterOff()).Handle(context.Background(), handling.Failure{
 					StepUUID: step, Message: "upstream hiccup",
 				})
 				require.ErrorIs(t, err, handling.ErrConflict)
@@ -631,20 +631,20 @@ func TestHandleStepErrorConflictWritesNothing(t *testing.T) {
 	}
 }
 
-func TestHandleStepErrorUnknownStep(t *testing.T) {
+func TestHandleUnknownStep(t *testing.T) {
 	t.Parallel()
 	svc := newService(t, testdb.New(t), jitterOff())
 
-	_, err := svc.HandleStepError(context.Background(), handling.Failure{StepUUID: uuid.New(), Message: "boom"})
+	_, err := svc.Handle(context.Background(), handling.Failure{StepUUID: uuid.New(), Message: "boom"})
 	require.ErrorIs(t, err, statemachine.ErrStepNotFound)
 
-	_, err = svc.HandleStepError(context.Background(), handling.Failure{StepUUID: uuid.Nil, Message: "boom"})
+	_, err = svc.Handle(context.Background(), handling.Failure{StepUUID: uuid.Nil, Message: "boom"})
 	require.ErrorIs(t, err, handling.ErrInvalidFailure)
 }
 
 // A repeated report finds the step already parked or failed: NoActionTaken and
 // not a single byte written, updated_at included.
-func TestHandleStepErrorRepeatedReportIsNoAction(t *testing.T) {
+func TestHandleRepeatedReportIsNoAction(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
 		name      string
@@ -665,13 +665,13 @@ func TestHandleStepErrorRepeatedReportIsNoAction(t *testing.T) {
 			svc := newService(t, pool, jitterOff())
 			f := handling.Failure{StepUUID: step, Message: "upstream hiccup"}
 
-			first, err := svc.HandleStepError(context.Background(), f)
+			first, err := svc.Handle(context.Background(), f)
 			require.NoError(t, err)
 			require.Equal(t, tc.wantFirst, first.Action)
 			afterFirst := snapshot(t, pool, step)
 			require.Len(t, transitions(t, pool, step), failedHistory+1)
 
-			second, err := svc.HandleStepError(context.Background(), f)
+			second, err := svc.Handle(context.Background(), f)
 			require.NoError(t, err)
 			require.Equal(t, handling.ActionNoActionTaken, second.Action)
 			require.Equal(t, tc.wantState, second.FinalState)
@@ -684,12 +684,12 @@ func TestHandleStepErrorRepeatedReportIsNoAction(t *testing.T) {
 
 // Many reports of the same failure at once: exactly one moves the step, the
 // others see it already handled; nobody gets an error.
-func TestHandleStepErrorConcurrentReportsExactlyOneWins(t *testing.T) {
+func TestHandleConcurrentReportsExactlyOneWins(t *testing.T) {
 	t.Parallel()
-	bothPaths(t, testHandleStepErrorConcurrentReportsExactlyOneWins)
+	bothPaths(t, testHandleConcurrentReportsExactlyOneWins)
 }
 
-func testHandleStepErrorConcurrentReportsExactlyOneWins(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
+func testHandleConcurrentReportsExactlyOneWins(t *testing.T, pool *pgxpool.Pool, objects testdb.Objects) {
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 		Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3),
 	}).Steps[0]
@@ -703,7 +703,7 @@ func testHandleStepErrorConcurrentReportsExactlyOneWins(t *testing.T, pool *pgxp
 	for i := range reporters {
 		wg.Go(func() {
 			<-start
-			results[i], errs[i] = svc.HandleStepError(context.Background(), handling.Failure{
+			results[i], errs[i] = svc.Handle(context.Background(), handling.Failure{
 				StepUUID: step, Message: "upstream hiccup",
 			})
 		})
@@ -740,14 +740,14 @@ func testHandleStepErrorConcurrentReportsExactlyOneWins(t *testing.T, pool *pgxp
 }
 
 // jsonb rejects NUL; the handler strips it instead of failing the report.
-func TestHandleStepErrorStripsNUL(t *testing.T) {
+func TestHandleStripsNUL(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t)
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 		Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3),
 	}).Steps[0]
 
-	res, err := newService(t, pool, jitterOff()).HandleStepError(context.Background(), handling.Failure{
+	res, err := newService(t, pool, jitterOff()).Handle(context.Background(), handling.Failure{
 		StepUUID: step, Message: "bad\x00byte",
 	})
 	require.NoError(t, err)
@@ -778,8 +778,8 @@ func (c *recordingClassifier) Classify(ec handling.ErrorContext) handling.Classi
 }
 
 // The classifier gets the attempt as stored (no +1), the resolved max, and a
-// real execution duration (SPEC §9), and its verdict is the one applied.
-func TestHandleStepErrorClassifierContext(t *testing.T) {
+// real execution duration, and its verdict is the one applied.
+func TestHandleClassifierContext(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t)
 	task := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
@@ -789,7 +789,7 @@ func TestHandleStepErrorClassifierContext(t *testing.T) {
 	step := task.Steps[0]
 	classifier := &recordingClassifier{}
 
-	res, err := newService(t, pool, jitterOff(), handling.WithClassifier(classifier)).HandleStepError(
+	res, err := newService(t, pool, jitterOff(), handling.WithClassifier(classifier)).Handle(
 		context.Background(), handling.Failure{
 			StepUUID: step, Message: "upstream hiccup", Source: "http_api", Kind: "whatever", HTTPStatus: 500,
 		})
@@ -820,30 +820,30 @@ func TestHandleStepErrorClassifierContext(t *testing.T) {
 	require.Equal(t, "CUSTOM_CODE", rows[failedHistory].Metadata["error_code"])
 }
 
-// A NULL max_attempts reaches the classifier as default_max_attempts.
-func TestHandleStepErrorClassifierSeesDefaultMaxAttempts(t *testing.T) {
+// A NULL max_attempts reaches the classifier, and the result, as tasker's
+// limit of 3.
+func TestHandleClassifierSeesTaskerDefaultMaxAttempts(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t)
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
 		Attempts: testdb.Ptr[int32](1), NullMaxAttempts: true,
 	}).Steps[0]
 	classifier := &recordingClassifier{}
-	cfg := jitterOff()
-	cfg.DefaultMaxAttempts = 7
 
-	res, err := newService(t, pool, cfg, handling.WithClassifier(classifier)).HandleStepError(
+	res, err := newService(t, pool, jitterOff(), handling.WithClassifier(classifier)).Handle(
 		context.Background(), handling.Failure{StepUUID: step, Message: "upstream hiccup"})
 	require.NoError(t, err)
-	require.Equal(t, 7, res.MaxAttempts)
+	require.Equal(t, 3, handling.TaskerDefaultMaxAttempts)
+	require.Equal(t, handling.TaskerDefaultMaxAttempts, res.MaxAttempts)
 	classifier.mu.Lock()
 	defer classifier.mu.Unlock()
 	require.Len(t, classifier.seen, 1)
-	require.Equal(t, 7, classifier.seen[0].MaxAttempts)
+	require.Equal(t, handling.TaskerDefaultMaxAttempts, classifier.seen[0].MaxAttempts)
 	require.Equal(t, time.Duration(0), classifier.seen[0].ExecutionDuration, "no last_attempted_at, no duration")
 }
 
 // Jitter comes from the injected source and is recorded beside the delay.
-func TestHandleStepErrorJitterFromInjectedRand(t *testing.T) {
+func TestHandleJitterFromInjectedRand(t *testing.T) {
 	t.Parallel()
 	pool := testdb.New(t)
 	step := placeStep(t, pool, statemachine.EnqueuedAsErrorForOrchestration, testdb.StepColumns{
@@ -853,7 +853,7 @@ func TestHandleStepErrorJitterFromInjectedRand(t *testing.T) {
 	cfg.Backoff.JitterFraction = 0.5
 
 	// 1 s × 2³ = 8 s; a draw of 0.75 is +0.5 × 0.5 × 8 s = +2 s.
-	res, err := newService(t, pool, cfg, handling.WithRand(fixedRand(0.75))).HandleStepError(
+	res, err := newService(t, pool, cfg, handling.WithRand(fixedRand(0.75))).Handle(
 		context.Background(), handling.Failure{StepUUID: step, Message: "upstream hiccup"})
 	require.NoError(t, err)
 	require.NotNil(t, res.BackoffSeconds)

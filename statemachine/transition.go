@@ -10,11 +10,6 @@ import (
 // data condition: count it, skip the step) from an infrastructure failure.
 var ErrInvalidTransition = errors.New("invalid step transition")
 
-// ErrGuardFailed reports a transition that is legal in the table but whose
-// guard does not hold, such as enqueueing a step whose parents have not
-// finished. Like ErrInvalidTransition it is a refusal, not a failure.
-var ErrGuardFailed = errors.New("step transition guard failed")
-
 // InvalidTransitionError carries the refused pair, so logs and API responses
 // can say exactly which move was rejected. It matches ErrInvalidTransition
 // under errors.Is.
@@ -39,7 +34,7 @@ type transitionKey struct {
 	event EventType
 }
 
-// transitions is the legal-transition table of SPEC §5. waiting_for_retry +
+// transitions is the legal-transition table, tasker's. waiting_for_retry +
 // Fail is deliberately absent: a parked step is not running, so nothing can
 // have failed; it must be retried (back to pending) before it can fail again.
 var transitions = buildTransitions()
@@ -86,8 +81,8 @@ func buildTransitions() map[transitionKey]State {
 
 // Next returns the state a step in from moves to on event, or an
 // *InvalidTransitionError when the pair is not in the table (including when
-// either value is unknown). It does not evaluate guards: the Enqueue guard
-// needs the parents' states, which the caller loads; see ParentsSatisfied.
+// either value is unknown). It does not evaluate guards: whether a step's
+// parents have finished is the due rule's business, evaluated in SQL.
 func Next(from State, event EventType) (State, error) {
 	to, ok := transitions[transitionKey{from, event}]
 	if !ok {
@@ -101,30 +96,4 @@ func Next(from State, event EventType) (State, error) {
 func CanTransition(from State, event EventType) bool {
 	_, ok := transitions[transitionKey{from, event}]
 	return ok
-}
-
-// ParentsSatisfied is the Enqueue guard: a step may be enqueued only once
-// every parent is complete or resolved_manually, because a resolved parent
-// is an operator's promise that its dependents may proceed. A step with no
-// parents is always satisfied.
-func ParentsSatisfied(parents []State) bool {
-	for _, p := range parents {
-		if p != Complete && p != ResolvedManually {
-			return false
-		}
-	}
-	return true
-}
-
-// EnqueueGuard is ParentsSatisfied as an error, for callers that propagate
-// refusals: it names the first blocking parent state and wraps
-// ErrGuardFailed.
-func EnqueueGuard(parents []State) error {
-	for i, p := range parents {
-		if p != Complete && p != ResolvedManually {
-			return fmt.Errorf("enqueue step: parent %d is %s, not complete or resolved_manually: %w",
-				i, p, ErrGuardFailed)
-		}
-	}
-	return nil
 }

@@ -35,7 +35,8 @@ var gridEvents = [12]statemachine.EventType{
 	"ResetForRetry", "Cancel", "CompleteManually", "ResolveManually",
 }
 
-// expectedGrid is SPEC §5 transcribed independently: one row per state, one
+// expectedGrid is the legal-transition table transcribed independently of
+// transition.go (tasker's step state machine): one row per state, one
 // column per event in gridEvents order, every cell the target or xxxx.
 var expectedGrid = map[string][12]string{
 	//                                      Enq   Start EnqFO EnqAE Compl Fail  Wait  Retry Reset Cancl CMan  RMan
@@ -157,42 +158,4 @@ func TestNextProperties(t *testing.T) {
 			t.Fatalf("ResolveManually from %q went to %q", from, to)
 		}
 	})
-}
-
-func TestParentsSatisfied(t *testing.T) {
-	t.Parallel()
-
-	tests := []struct {
-		name    string
-		parents []statemachine.State
-		want    bool
-	}{
-		{"no parents", nil, true},
-		{"empty slice", []statemachine.State{}, true},
-		{"all complete", []statemachine.State{"complete", "complete"}, true},
-		{"complete and resolved", []statemachine.State{"complete", "resolved_manually"}, true},
-		{"one waiting", []statemachine.State{"complete", "waiting_for_retry"}, false},
-		{"cancelled parent blocks", []statemachine.State{"cancelled"}, false},
-		{"error parent blocks", []statemachine.State{"error"}, false},
-		{"unknown parent blocks", []statemachine.State{"bogus"}, false},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			require.Equal(t, tt.want, statemachine.ParentsSatisfied(tt.parents))
-			err := statemachine.EnqueueGuard(tt.parents)
-			if tt.want {
-				require.NoError(t, err)
-			} else {
-				require.ErrorIs(t, err, statemachine.ErrGuardFailed)
-				require.NotErrorIs(t, err, statemachine.ErrInvalidTransition)
-			}
-		})
-	}
-
-	// Every single non-finished parent state blocks.
-	for _, s := range statemachine.States() {
-		want := s == "complete" || s == "resolved_manually"
-		require.Equal(t, want, statemachine.ParentsSatisfied([]statemachine.State{"complete", s}), "parent %s", s)
-	}
 }

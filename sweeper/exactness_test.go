@@ -172,7 +172,7 @@ func TestOddValuesFollowTaskerAndPoisonNothing(t *testing.T) {
 		// A repeated failure report for the infinity step reads it fine.
 		h, err := handling.NewService(store, handling.DefaultConfig())
 		require.NoError(t, err)
-		res, err := h.HandleStepError(ctx, handling.Failure{StepUUID: plusInf, Message: "timeout again"})
+		res, err := h.Handle(ctx, handling.Failure{StepUUID: plusInf, Message: "timeout again"})
 		require.NoError(t, err)
 		require.Equal(t, handling.ActionNoActionTaken, res.Action)
 	})
@@ -191,7 +191,7 @@ func TestReconcileRestoresLostScheduleRows(t *testing.T) {
 	testdb.SetColumns(t, pool, step, testdb.StepColumns{Attempts: testdb.Ptr[int32](1)})
 	h, err := handling.NewService(store, handling.DefaultConfig())
 	require.NoError(t, err)
-	res, err := h.HandleStepError(ctx, handling.Failure{StepUUID: step, Message: "busy", RetryAfter: "0"})
+	res, err := h.Handle(ctx, handling.Failure{StepUUID: step, Message: "busy", RetryAfter: "0"})
 	require.NoError(t, err)
 	require.Equal(t, handling.ActionTransitionedToWaitingForRetry, res.Action)
 	_, err = pool.Exec(ctx, `TRUNCATE tasker_sweeper.retry_schedule`)

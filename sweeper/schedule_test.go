@@ -68,7 +68,7 @@ func TestHandlerParksOnTheSchedule(t *testing.T) {
 	cfg.Backoff.Jitter = false
 	handler, err := handling.NewService(store, cfg)
 	require.NoError(t, err)
-	res, err := handler.HandleStepError(ctx, handling.Failure{StepUUID: step, Message: "connection reset"})
+	res, err := handler.Handle(ctx, handling.Failure{StepUUID: step, Message: "connection reset"})
 	require.NoError(t, err)
 	require.Equal(t, handling.ActionTransitionedToWaitingForRetry, res.Action)
 

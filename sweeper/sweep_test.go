@@ -124,7 +124,8 @@ FROM tasker.workflow_steps ws WHERE ws.workflow_step_uuid = $1`, step).Scan(
 	return s
 }
 
-// ruleFixture is one step per rule of SPEC §7, named by what it exercises,
+// ruleFixture is one step per condition of the due rule (README, "What a
+// sweep moves"), named by what it exercises,
 // with whether the sweep must move it.
 type ruleFixture struct {
 	name string

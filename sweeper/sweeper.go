@@ -16,6 +16,8 @@ import (
 
 	"github.com/google/uuid"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
 
 // Batch asks the store to claim and move up to Limit due steps in one
@@ -481,7 +483,9 @@ func (s *Sweeper) abortContext() context.Context {
 
 // MoveStep moves one step to pending now if it is due (or, with force, if
 // it would be due but for its backoff), with the same rules and
-// compare-and-swap as a sweep. ErrNotDue when it is not movable.
+// compare-and-swap as a sweep. ErrNotDue when it is not movable,
+// statemachine.ErrLostRace when another writer moved it between claim and
+// move.
 func (s *Sweeper) MoveStep(ctx context.Context, step uuid.UUID, force bool) (Moved, error) {
 	res, err := s.runBatch(ctx, Batch{
 		SweepID: newSweepID(), Number: 1, Limit: 1, OnlyStep: &step, Force: force, NotifyChannel: s.cfg.NotifyChannel,
@@ -493,7 +497,7 @@ func (s *Sweeper) MoveStep(ctx context.Context, step uuid.UUID, force bool) (Mov
 		return res.Moved[0], nil
 	}
 	if res.Claimed == 1 {
-		return Moved{}, ErrLostRace
+		return Moved{}, fmt.Errorf("move step %s: another writer moved it first: %w", step, statemachine.ErrLostRace)
 	}
 	return Moved{}, ErrNotDue
 }
@@ -505,9 +509,6 @@ var ErrInterrupted = errors.New("sweep interrupted by shutdown")
 // ErrNotDue means a step asked to be moved is not due (or not movable at
 // all: wrong state, processed, in process, unmet parents, not eligible).
 var ErrNotDue = errors.New("step is not due")
-
-// ErrLostRace means another writer moved the step between claim and move.
-var ErrLostRace = errors.New("another writer moved the step first")
 
 func (s *Sweeper) report(log *slog.Logger, sum Summary, err error) {
 	attrs := []any{

@@ -24,7 +24,7 @@ type Set struct {
 	VersionTable string
 }
 
-// TaskerSubset creates the tasker schema subset (SPEC §4).
+// TaskerSubset creates the subset of tasker's schema the sweeper uses.
 var TaskerSubset = Set{Dir: "tasker", VersionTable: "public.sweeper_tasker_subset_version"}
 
 // SweeperObjects creates the sweeper-owned schedule and index.

@@ -35,15 +35,15 @@ type SweepTrigger interface {
 }
 
 // StepMover moves one step to pending with a sweep's rules
-// (*sweeper.Sweeper): sweeper.ErrNotDue or sweeper.ErrLostRace when it
-// cannot.
+// (*sweeper.Sweeper): sweeper.ErrNotDue or statemachine.ErrLostRace when
+// it cannot.
 type StepMover interface {
 	MoveStep(ctx context.Context, step uuid.UUID, force bool) (sweeper.Moved, error)
 }
 
 // FailureHandler is the inline failure handler (*handling.Service).
 type FailureHandler interface {
-	HandleStepError(ctx context.Context, f handling.Failure) (handling.Result, error)
+	Handle(ctx context.Context, f handling.Failure) (handling.Result, error)
 }
 
 // StepStatusReader evaluates the due rule for one step;
@@ -285,7 +285,7 @@ func (a *server) reportFailure(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("invalid http_status %d: want 100-599, or 0 for none", req.HTTPStatus))
 		return
 	}
-	res, err := a.Failures.HandleStepError(r.Context(), handling.Failure{
+	res, err := a.Failures.Handle(r.Context(), handling.Failure{
 		StepUUID:   step,
 		Message:    req.Message,
 		Kind:       req.Kind,
@@ -385,7 +385,7 @@ func (a *server) retryStep(w http.ResponseWriter, r *http.Request) {
 		})
 	case errors.Is(err, sweeper.ErrNotDue):
 		a.explainNotMoved(w, r, step, force)
-	case errors.Is(err, sweeper.ErrLostRace):
+	case errors.Is(err, statemachine.ErrLostRace):
 		writeError(w, http.StatusConflict, codeConflict, "another writer moved the step first")
 	default:
 		a.internalError(w, r, "move step", err, slog.String("step_uuid", step.String()))

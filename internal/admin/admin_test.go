@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -337,7 +338,7 @@ func TestAdminReportFailure(t *testing.T) {
 // purpose, where the real one would need a broken database.
 type scriptedHandler func(context.Context, handling.Failure) (handling.Result, error)
 
-func (f scriptedHandler) HandleStepError(ctx context.Context, failure handling.Failure) (handling.Result, error) {
+func (f scriptedHandler) Handle(ctx context.Context, failure handling.Failure) (handling.Result, error) {
 	return f(ctx, failure)
 }
 
@@ -376,6 +377,27 @@ func TestAdminReportFailureErrorMapping(t *testing.T) {
 	h.request(t, http.MethodPost, path, `{}`).requireError(t, http.StatusInternalServerError, "internal")
 	// The server survived the panic.
 	require.Equal(t, http.StatusOK, h.request(t, http.MethodGet, "/healthz", "").status)
+}
+
+// scriptedMover is a StepMover from a function.
+type scriptedMover func(context.Context, uuid.UUID, bool) (sweeper.Moved, error)
+
+func (f scriptedMover) MoveStep(ctx context.Context, step uuid.UUID, force bool) (sweeper.Moved, error) {
+	return f(ctx, step, force)
+}
+
+// A retry that another writer beat is a conflict: the sweeper reports it as
+// statemachine.ErrLostRace, wrapped.
+func TestAdminRetryLostRaceIsConflict(t *testing.T) {
+	t.Parallel()
+	h := newAdminHarness(t, func(d *admin.Deps) {
+		d.Steps = scriptedMover(func(_ context.Context, step uuid.UUID, _ bool) (sweeper.Moved, error) {
+			return sweeper.Moved{}, fmt.Errorf("move step %s: %w", step, statemachine.ErrLostRace)
+		})
+	})
+	out := h.request(t, http.MethodPost, "/v1/steps/"+uuid.NewString()+"/retry", "").
+		requireError(t, http.StatusConflict, "conflict")
+	require.Contains(t, out["error"], "another writer moved the step first")
 }
 
 func TestAdminStepStatus(t *testing.T) {

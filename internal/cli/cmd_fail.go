@@ -67,7 +67,7 @@ func runFail(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return configError(err)
 	}
-	res, err := handler.HandleStepError(ctx, failure)
+	res, err := handler.Handle(ctx, failure)
 	switch {
 	case errors.Is(err, statemachine.ErrStepNotFound), errors.Is(err, handling.ErrConflict):
 		return &exitError{code: exitRejected, err: err}

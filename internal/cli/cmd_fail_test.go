@@ -30,6 +30,7 @@ func TestFailCommandExitCodes(t *testing.T) {
 			{dbEnv, []string{"fail", "--step", uuid.NewString(), "--retryable", "maybe"}, "--retryable"},
 			{dbEnv, []string{"fail", "--step", uuid.NewString(), "--http-status", "42"}, "--http-status"},
 			{dbEnv, []string{"fail", "--step", uuid.NewString(), "--no-such-flag"}, "no-such-flag"},
+			{dbEnv, []string{"fail", "--step", uuid.NewString(), "--default-max-attempts", "3"}, "not defined: -default-max-attempts"},
 			{append([]string{"SWEEPER_BACKOFF_MAX=1ms"}, dbEnv...), []string{"fail", "--step", uuid.NewString()}, "--backoff-max"},
 			{[]string{"DATABASE_URL=postgres://u:secret@h:notaport/db"}, []string{"fail", "--step", uuid.NewString()}, "--database-url"},
 		}

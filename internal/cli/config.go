@@ -155,8 +155,6 @@ func handlerFlags(f *flags) *handling.Config {
 		"classify errors; off makes every error permanent")
 	f.fs.BoolVar(&c.UseWaitingForRetryState, "use-waiting-for-retry-state", c.UseWaitingForRetryState,
 		"move retryable failures to waiting_for_retry; off (legacy) writes the backoff only")
-	f.fs.IntVar(&c.DefaultMaxAttempts, "default-max-attempts", c.DefaultMaxAttempts,
-		"attempts allowed when a step's max_attempts is NULL")
 	f.fs.DurationVar(&c.Backoff.Base, "backoff-base", c.Backoff.Base, "first retry delay")
 	f.fs.Float64Var(&c.Backoff.Multiplier, "backoff-multiplier", c.Backoff.Multiplier, "delay growth per attempt")
 	f.fs.DurationVar(&c.Backoff.Max, "backoff-max", c.Backoff.Max, "longest retry delay (also caps Retry-After)")
@@ -166,7 +164,6 @@ func handlerFlags(f *flags) *handling.Config {
 	for flagName, variable := range map[string]string{
 		"use-error-classification":    "SWEEPER_USE_ERROR_CLASSIFICATION",
 		"use-waiting-for-retry-state": "SWEEPER_USE_WAITING_FOR_RETRY_STATE",
-		"default-max-attempts":        "SWEEPER_DEFAULT_MAX_ATTEMPTS",
 		"backoff-base":                "SWEEPER_BACKOFF_BASE",
 		"backoff-multiplier":          "SWEEPER_BACKOFF_MULTIPLIER",
 		"backoff-max":                 "SWEEPER_BACKOFF_MAX",
@@ -194,7 +191,6 @@ var (
 		"notify_channel": "notify-channel",
 	}
 	handlerFlagOf = map[string]string{
-		"default_max_attempts":    "default-max-attempts",
 		"backoff_base":            "backoff-base",
 		"backoff_multiplier":      "backoff-multiplier",
 		"backoff_max":             "backoff-max",

@@ -59,7 +59,8 @@ func TestBadConfigurationExits2WithOneLineNamingTheFlag(t *testing.T) {
 		{[]string{"run", "--workers", "65"}, nil, "--workers"},
 		{[]string{"run", "--batch-timeout", "0s"}, nil, "--batch-timeout"},
 		{[]string{"run", "--notify-channel", long}, nil, "--notify-channel"},
-		{[]string{"run", "--default-max-attempts", "0"}, nil, "--default-max-attempts"},
+		// A NULL max_attempts is tasker's 3, not a setting: the old flag is unknown.
+		{[]string{"run", "--default-max-attempts", "3"}, nil, "flag provided but not defined: -default-max-attempts"},
 		{[]string{"run", "--backoff-base", "0s"}, nil, "--backoff-base"},
 		{[]string{"run", "--backoff-multiplier", "0.5"}, nil, "--backoff-multiplier"},
 		{[]string{"run"}, []string{"SWEEPER_BACKOFF_MAX=1ms"}, "--backoff-max"},

@@ -133,7 +133,7 @@ func (w *world) reportSeededFailures(ctx context.Context, p plan) error {
 
 // report runs one failure through the handler and logs its decision.
 func (w *world) report(ctx context.Context, id uuid.UUID, f failure) error {
-	res, err := w.handler.HandleStepError(ctx, f.report(id))
+	res, err := w.handler.Handle(ctx, f.report(id))
 	if err != nil {
 		return fmt.Errorf("handle failure of step %s: %w", id, err)
 	}

@@ -190,7 +190,7 @@ func (m *Metrics) DatabaseChecked(up bool) {
 
 // FailureHandler is the inline handler as CountDecisions wraps it.
 type FailureHandler interface {
-	HandleStepError(ctx context.Context, f handling.Failure) (handling.Result, error)
+	Handle(ctx context.Context, f handling.Failure) (handling.Result, error)
 }
 
 // CountDecisions wraps next so that every decision it makes is counted by
@@ -204,8 +204,8 @@ type decisionCounter struct {
 	metrics *Metrics
 }
 
-func (d decisionCounter) HandleStepError(ctx context.Context, f handling.Failure) (handling.Result, error) {
-	res, err := d.next.HandleStepError(ctx, f)
+func (d decisionCounter) Handle(ctx context.Context, f handling.Failure) (handling.Result, error) {
+	res, err := d.next.Handle(ctx, f)
 	if err == nil {
 		d.metrics.decisions.WithLabelValues(string(res.Action), string(res.Classification.Category)).Inc()
 	}

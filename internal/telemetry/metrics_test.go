@@ -85,7 +85,7 @@ type stubHandler struct {
 	err error
 }
 
-func (s stubHandler) HandleStepError(context.Context, handling.Failure) (handling.Result, error) {
+func (s stubHandler) Handle(context.Context, handling.Failure) (handling.Result, error) {
 	return s.res, s.err
 }
 
@@ -93,10 +93,10 @@ func TestCountDecisions(t *testing.T) {
 	t.Parallel()
 	m := New()
 	decided := handling.Result{Action: handling.ActionMarkedAsError, Classification: handling.Classification{Category: handling.CategoryTimeout}}
-	res, err := m.CountDecisions(stubHandler{res: decided}).HandleStepError(t.Context(), handling.Failure{})
+	res, err := m.CountDecisions(stubHandler{res: decided}).Handle(t.Context(), handling.Failure{})
 	require.NoError(t, err)
 	require.Equal(t, decided, res)
-	_, err = m.CountDecisions(stubHandler{err: handling.ErrConflict}).HandleStepError(t.Context(), handling.Failure{})
+	_, err = m.CountDecisions(stubHandler{err: handling.ErrConflict}).Handle(t.Context(), handling.Failure{})
 	require.ErrorIs(t, err, handling.ErrConflict)
 
 	require.Equal(t, 1.0, counterValue(t, m.decisions.WithLabelValues("MarkedAsError", "Timeout")))
@@ -122,7 +122,7 @@ func TestHandlerServesTheDocumentedSeries(t *testing.T) {
 	m.DatabaseChecked(true)
 	m.ReconcilePass(sweeper.Reconciliation{Ran: true, Missing: 1}, nil)
 	_, err := m.CountDecisions(stubHandler{res: handling.Result{Action: handling.ActionNoActionTaken}}).
-		HandleStepError(t.Context(), handling.Failure{})
+		Handle(t.Context(), handling.Failure{})
 	require.NoError(t, err)
 
 	srv := httptest.NewServer(m.Handler())

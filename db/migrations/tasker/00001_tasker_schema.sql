@@ -1,4 +1,4 @@
--- The tasker-compatible subset of the orchestrator's schema (SPEC §4).
+-- The tasker-compatible subset of the orchestrator's schema.
 --
 -- The orchestrator owns these tables and creates them with its own migrations;
 -- this file exists so the sweeper can be tested, demonstrated and run standalone
