@@ -14,10 +14,10 @@ import (
 // own.
 const codeUniqueViolation = "23505"
 
-// translate is the one error funnel at the database boundary: driver errors
+// asSentinel is the one error funnel at the database boundary: driver errors
 // with a meaning for callers become the project's sentinels (still wrapping
 // the original for logs); everything else passes through unchanged.
-func translate(err error) error {
+func asSentinel(err error) error {
 	var pgErr *pgconn.PgError
 	if !errors.As(err, &pgErr) {
 		return err
@@ -26,7 +26,7 @@ func translate(err error) error {
 	// schema says "another writer appended a current transition first".
 	if pgErr.Code == codeUniqueViolation && pgErr.TableName == "workflow_step_transitions" &&
 		strings.Contains(pgErr.ConstraintName, "most_recent") {
-		return fmt.Errorf("%w (%s)", statemachine.ErrLostRace, pgErr.ConstraintName)
+		return fmt.Errorf("%w: %w", statemachine.ErrLostRace, pgErr)
 	}
 	return err
 }

@@ -42,7 +42,7 @@ func (s *Store) choose(ctx context.Context) (pathStore, error) {
 	}
 	present, err := s.q.SchedulePresent(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("look for the sweeper-owned objects: %w", translate(err))
+		return nil, fmt.Errorf("look for the sweeper-owned objects: %w", asSentinel(err))
 	}
 	var p pathStore = &scanStore{base: &s.base}
 	if present {

@@ -36,7 +36,7 @@ func (*scanStore) prepare(context.Context) (sweeper.Preparation, error) {
 func (s *scanStore) countDueLeft(ctx context.Context) (int64, error) {
 	n, err := s.q.SweepCountDueLeft(ctx, s.now())
 	if err != nil {
-		return 0, fmt.Errorf("count due steps left: %w", translate(err))
+		return 0, fmt.Errorf("count due steps left: %w", asSentinel(err))
 	}
 	return n, nil
 }
@@ -56,7 +56,7 @@ func (s *scanStore) stranded(ctx context.Context, sample int) (int64, []sweeper.
 func (s *scanStore) strandedSample(ctx context.Context, limit int) ([]sweeper.StrandedStep, error) {
 	rows, err := s.q.SweepStrandedSample(ctx, int32(limit))
 	if err != nil {
-		return nil, fmt.Errorf("list stranded steps: %w", translate(err))
+		return nil, fmt.Errorf("list stranded steps: %w", asSentinel(err))
 	}
 	return strandedSteps(rows), nil
 }
@@ -88,7 +88,7 @@ func (s *base) applyFailureTx(ctx context.Context, w handling.FailureWrite) (han
 			return statemachine.ErrStepNotFound
 		}
 		if err != nil {
-			return translate(err)
+			return asSentinel(err)
 		}
 		written.NextRetryAt = nextRetryAt(w, writtenAt)
 		if w.Event == nil {

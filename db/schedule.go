@@ -35,7 +35,7 @@ func (*scheduleStore) afterMove(ctx context.Context, q *dbsqlc.Queries, moved []
 		ids[i] = m.StepUUID
 	}
 	if err := q.ScheduleForget(ctx, ids); err != nil {
-		return fmt.Errorf("drop moved steps from the schedule: %w", translate(err))
+		return fmt.Errorf("drop moved steps from the schedule: %w", asSentinel(err))
 	}
 	return nil
 }
@@ -70,7 +70,7 @@ func (s *scheduleStore) prepare(ctx context.Context) (sweeper.Preparation, error
 	p.Adopted, p.Reconciled = adopted, reconciled
 	overdue, err := s.q.ScheduleOverdue(ctx, s.now())
 	if err != nil {
-		return p, fmt.Errorf("look for overdue schedule rows: %w", translate(err))
+		return p, fmt.Errorf("look for overdue schedule rows: %w", asSentinel(err))
 	}
 	if !overdue {
 		p.NothingDue = true
@@ -81,7 +81,7 @@ func (s *scheduleStore) prepare(ctx context.Context) (sweeper.Preparation, error
 			Now: s.now(), BatchLimit: rescheduleBatch, RecheckSeconds: int32(recheckAfter / time.Second),
 		})
 		if err != nil {
-			return p, fmt.Errorf("re-evaluate overdue schedule rows: %w", translate(err))
+			return p, fmt.Errorf("re-evaluate overdue schedule rows: %w", asSentinel(err))
 		}
 		p.Dropped += int(row.Dropped)
 		p.Deferred += int(row.Deferred)
@@ -100,7 +100,7 @@ func (s *scheduleStore) prepare(ctx context.Context) (sweeper.Preparation, error
 func (s *scheduleStore) adopt(ctx context.Context) (int, *sweeper.Reconciliation, error) {
 	state, err := s.q.AdoptionState(ctx)
 	if err != nil {
-		return 0, nil, fmt.Errorf("read adoption state: %w", translate(err))
+		return 0, nil, fmt.Errorf("read adoption state: %w", asSentinel(err))
 	}
 	if state.Watermark == nil {
 		res, err := s.reconcile(ctx, 0)
@@ -111,14 +111,14 @@ func (s *scheduleStore) adopt(ctx context.Context) (int, *sweeper.Reconciliation
 	}
 	row, err := s.q.ScheduleAdopt(ctx, dbsqlc.ScheduleAdoptParams{Now: s.now(), Since: state.Watermark.Add(-s.adoptionMargin)})
 	if err != nil {
-		return 0, nil, fmt.Errorf("adopt waiting steps: %w", translate(err))
+		return 0, nil, fmt.Errorf("adopt waiting steps: %w", asSentinel(err))
 	}
 	next := nextWatermark(row.ScannedAt, row.OldestXactStart)
 	if row.Adopted == 0 && next.Sub(*state.Watermark) < adoptionAdvanceEvery {
 		return 0, nil, nil
 	}
 	if err := s.q.AdoptionAdvance(ctx, dbsqlc.AdoptionAdvanceParams{Watermark: next}); err != nil {
-		return 0, nil, fmt.Errorf("advance adoption watermark: %w", translate(err))
+		return 0, nil, fmt.Errorf("advance adoption watermark: %w", asSentinel(err))
 	}
 	return int(row.Adopted), nil, nil
 }
@@ -147,7 +147,7 @@ func (s *scheduleStore) reconcile(ctx context.Context, olderThan time.Duration) 
 		// A plain read first, so the common "not due" answer takes no lock.
 		state, err := s.q.AdoptionState(ctx)
 		if err != nil {
-			return res, fmt.Errorf("read reconcile state: %w", translate(err))
+			return res, fmt.Errorf("read reconcile state: %w", asSentinel(err))
 		}
 		if !reconcileDue(state.LastFullPass, state.DbNow, olderThan) {
 			return res, nil
@@ -162,20 +162,20 @@ func (s *scheduleStore) reconcile(ctx context.Context, olderThan time.Duration) 
 			return nil
 		}
 		if err != nil {
-			return translate(err)
+			return asSentinel(err)
 		}
 		if olderThan > 0 && !reconcileDue(state.LastFullPass, state.DbNow, olderThan) {
 			return nil // another replica just finished one
 		}
 		row, err := q.ScheduleReconcile(ctx, s.now())
 		if err != nil {
-			return translate(err)
+			return asSentinel(err)
 		}
 		res = sweeper.Reconciliation{
 			Ran: true, Waiting: row.Waiting, Missing: row.Missing, Orphaned: row.Orphaned,
 			RetimedEarlier: row.RetimedEarlier, RetimedLater: row.RetimedLater, Restranded: row.Restranded,
 		}
-		return translate(q.AdoptionAdvance(ctx, dbsqlc.AdoptionAdvanceParams{
+		return asSentinel(q.AdoptionAdvance(ctx, dbsqlc.AdoptionAdvanceParams{
 			Watermark: nextWatermark(row.ReconciledAt, row.OldestXactStart), FullPass: true,
 		}))
 	})
@@ -194,7 +194,7 @@ func reconcileDue(last *time.Time, now time.Time, olderThan time.Duration) bool 
 func (s *scheduleStore) countDueLeft(ctx context.Context) (int64, error) {
 	n, err := s.q.ScheduleCountDueLeft(ctx, s.now())
 	if err != nil {
-		return 0, fmt.Errorf("count due steps left: %w", translate(err))
+		return 0, fmt.Errorf("count due steps left: %w", asSentinel(err))
 	}
 	return n, nil
 }
@@ -204,7 +204,7 @@ func (s *scheduleStore) countDueLeft(ctx context.Context) (int64, error) {
 func (s *scheduleStore) stranded(ctx context.Context, sample int) (int64, []sweeper.StrandedStep, error) {
 	count, err := s.q.ScheduleStranded(ctx)
 	if err != nil {
-		return 0, nil, fmt.Errorf("count stranded steps: %w", translate(err))
+		return 0, nil, fmt.Errorf("count stranded steps: %w", asSentinel(err))
 	}
 	if count == 0 {
 		return 0, nil, nil
@@ -216,7 +216,7 @@ func (s *scheduleStore) stranded(ctx context.Context, sample int) (int64, []swee
 func (s *scheduleStore) strandedSample(ctx context.Context, limit int) ([]sweeper.StrandedStep, error) {
 	rows, err := s.q.ScheduleStrandedSample(ctx, int32(limit))
 	if err != nil {
-		return nil, fmt.Errorf("list stranded steps: %w", translate(err))
+		return nil, fmt.Errorf("list stranded steps: %w", asSentinel(err))
 	}
 	return strandedSteps(rows), nil
 }
@@ -244,7 +244,7 @@ func (s *scheduleStore) applyFailure(ctx context.Context, w handling.FailureWrit
 	case errors.Is(err, pgx.ErrNoRows):
 		return handling.FailureWritten{}, statemachine.ErrStepNotFound
 	case err != nil:
-		return handling.FailureWritten{}, translate(err)
+		return handling.FailureWritten{}, asSentinel(err)
 	case !row.Written:
 		return handling.FailureWritten{}, fmt.Errorf("transition from %s: state changed: %w", w.From, statemachine.ErrLostRace)
 	}

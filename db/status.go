@@ -26,7 +26,7 @@ func (s *base) StepDueStatus(ctx context.Context, step uuid.UUID) (StepDue, erro
 		return StepDue{}, fmt.Errorf("step %s: %w", step, statemachine.ErrStepNotFound)
 	}
 	if err != nil {
-		return StepDue{}, fmt.Errorf("step %s due status: %w", step, translate(err))
+		return StepDue{}, fmt.Errorf("step %s due status: %w", step, asSentinel(err))
 	}
 	state, err := statemachine.ParseState(row.CurrentState)
 	if err != nil {
@@ -56,7 +56,7 @@ func (s *base) StepDueStatus(ctx context.Context, step uuid.UUID) (StepDue, erro
 func (s *base) StepCountsByState(ctx context.Context) (map[statemachine.State]int64, error) {
 	rows, err := s.q.StepCountsByState(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("count steps by state: %w", translate(err))
+		return nil, fmt.Errorf("count steps by state: %w", asSentinel(err))
 	}
 	counts := make(map[statemachine.State]int64, len(statemachine.States()))
 	for _, st := range statemachine.States() {

@@ -103,7 +103,7 @@ func (s *base) GetStep(ctx context.Context, stepUUID uuid.UUID) (StepRecord, err
 		return StepRecord{}, fmt.Errorf("get step %s: %w", stepUUID, statemachine.ErrStepNotFound)
 	}
 	if err != nil {
-		return StepRecord{}, fmt.Errorf("get step %s: %w", stepUUID, translate(err))
+		return StepRecord{}, fmt.Errorf("get step %s: %w", stepUUID, asSentinel(err))
 	}
 	state, err := statemachine.ParseState(row.CurrentState)
 	if err != nil {
@@ -183,7 +183,7 @@ func writeTransition(ctx context.Context, q *dbsqlc.Queries, tr Transition) (Tra
 			tr.StepUUID, tr.From, statemachine.ErrLostRace)
 	}
 	if err != nil {
-		return TransitionResult{}, fmt.Errorf("transition step %s from %s: %w", tr.StepUUID, tr.From, translate(err))
+		return TransitionResult{}, fmt.Errorf("transition step %s from %s: %w", tr.StepUUID, tr.From, asSentinel(err))
 	}
 	return TransitionResult{
 		TransitionUUID: row.WorkflowStepTransitionUUID,

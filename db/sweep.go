@@ -47,7 +47,7 @@ func (s *base) moveDueBatch(ctx context.Context, p pathStore, b sweeper.Batch) (
 			claimed, err = p.claim(ctx, q, b)
 		}
 		if err != nil {
-			return fmt.Errorf("claim due steps: %w", translate(err))
+			return fmt.Errorf("claim due steps: %w", asSentinel(err))
 		}
 		res.Claimed = len(claimed)
 		if len(claimed) == 0 {
@@ -96,7 +96,7 @@ func moveClaimed(ctx context.Context, q *dbsqlc.Queries, claimed []claim, meta [
 	}
 	rows, err := q.SweepMoveToPending(ctx, dbsqlc.SweepMoveToPendingParams{StepUUIDs: ids, DueAts: dues, Metadata: meta})
 	if err != nil {
-		return nil, fmt.Errorf("move steps to pending: %w", translate(err))
+		return nil, fmt.Errorf("move steps to pending: %w", asSentinel(err))
 	}
 	moved := make([]sweeper.Moved, len(rows))
 	for i, m := range rows {
@@ -121,7 +121,7 @@ func notify(ctx context.Context, q *dbsqlc.Queries, b sweeper.Batch, moved []swe
 	}
 	for _, payload := range notifyPayloads(b.SweepID, tasks) {
 		if err := q.SweepNotify(ctx, dbsqlc.SweepNotifyParams{Channel: b.NotifyChannel, Payload: payload}); err != nil {
-			return fmt.Errorf("notify %s: %w", b.NotifyChannel, translate(err))
+			return fmt.Errorf("notify %s: %w", b.NotifyChannel, asSentinel(err))
 		}
 	}
 	return nil
@@ -172,7 +172,7 @@ func notifyPayloads(sweepID uuid.UUID, tasks []uuid.UUID) []string {
 func (s *base) CountDue(ctx context.Context) (sweeper.Counts, error) {
 	row, err := s.q.SweepCountDue(ctx, s.now())
 	if err != nil {
-		return sweeper.Counts{}, fmt.Errorf("count due steps: %w", translate(err))
+		return sweeper.Counts{}, fmt.Errorf("count due steps: %w", asSentinel(err))
 	}
 	return sweeper.Counts{Due: row.Due, Stranded: row.Stranded, NotYetDue: row.NotYetDue, NextDueAt: row.NextDueAt}, nil
 }
