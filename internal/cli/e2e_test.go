@@ -51,6 +51,8 @@ func TestBadConfigurationExits2WithOneLineNamingTheFlag(t *testing.T) {
 	}{
 		{[]string{"run", "--schedule", "every five seconds"}, nil, "--schedule"},
 		{[]string{"run"}, []string{"SWEEPER_SCHEDULE=* * *"}, "--schedule"},
+		{[]string{"run", "--schedule", "0 0 30 2 *"}, nil, "--schedule"}, // February 30: never fires
+		{[]string{"run", "--schedule", "@every 100ms"}, nil, "--schedule"},
 		{[]string{"run", "--batch-size", "0"}, nil, "--batch-size"},
 		{[]string{"run", "--batch-size", "100001"}, nil, "--batch-size"},
 		{[]string{"run"}, []string{"SWEEPER_BATCH_SIZE=zero"}, "--batch-size"},
