@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -106,12 +107,16 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	}
 }
 
-// checkAdminAddr refuses an admin API reachable off this host without a
-// token: it can move and fail steps.
+// checkAdminAddr checks the admin API's address is host:port with a numeric
+// port (0 picks a free one, logged at start), and refuses an admin API
+// reachable off this host without a token: it can move and fail steps.
 func checkAdminAddr(addr, token string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || port == "" {
 		return usageErrorf("invalid --http-addr %q: want host:port", addr)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > 65535 {
+		return usageErrorf("invalid --http-addr %q: the port must be a number from 0 to 65535 (0: any free port)", addr)
 	}
 	if token != "" {
 		return nil
