@@ -217,21 +217,17 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
 	}
-	srv := &http.Server{
-		Handler: admin.New(admin.Deps{
-			Sweeps:     sched,
-			Steps:      sw,
-			Failures:   metrics.CountDecisions(handler),
-			StepStatus: store,
-			Status:     store,
-			Readiness:  health,
-			Metrics:    metrics.Handler(),
-			Token:      cfg.adminToken,
-			Logger:     logger,
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	srv := admin.NewServer(admin.New(admin.Deps{
+		Sweeps:     sched,
+		Steps:      sw,
+		Failures:   metrics.CountDecisions(handler),
+		StepStatus: store,
+		Status:     store,
+		Readiness:  health,
+		Metrics:    metrics.Handler(),
+		Token:      cfg.adminToken,
+		Logger:     logger,
+	}), admin.DefaultLimits(), logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(listener) }()
 	logger.Info("sweeper running",
