@@ -112,8 +112,15 @@ func (s *Server) Serve(l net.Listener) error {
 // requests until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error { return s.http.Shutdown(ctx) }
 
-// refuseTimeout bounds the whole exchange with a connection over the limit.
-const refuseTimeout = 2 * time.Second
+// Refusals: refuseTimeout bounds reading the request of a connection over
+// the limit and writing its answer, refuseLinger how long it is then read
+// from so the close does not reset the answer away; at most maxRefusing
+// refusals run at once.
+const (
+	refuseTimeout = 2 * time.Second
+	refuseLinger  = 500 * time.Millisecond
+	maxRefusing   = 64
+)
 
 // refusal is the answer to a connection over the limit.
 var refusal = func() string {
@@ -125,7 +132,7 @@ var refusal = func() string {
 
 // limitListener holds at most cap(slots) connections open at once. A
 // connection over the limit is answered 503 and closed by a goroutine of
-// its own (at most cap(refusing) at once; beyond that it is closed
+// its own (at most maxRefusing at once; beyond that it is closed
 // unanswered), so Accept never blocks on a slow client.
 type limitListener struct {
 	net.Listener
@@ -138,7 +145,7 @@ type limitListener struct {
 
 func newLimitListener(l net.Listener, maxConns, headerBytes int, logger *slog.Logger) *limitListener {
 	return &limitListener{
-		Listener: l, slots: make(chan struct{}, maxConns), refusing: make(chan struct{}, maxConns),
+		Listener: l, slots: make(chan struct{}, maxConns), refusing: make(chan struct{}, maxRefusing),
 		headerBytes: headerBytes, logger: logger,
 	}
 }
@@ -185,6 +192,7 @@ func (l *limitListener) refuse(c net.Conn) {
 	if hc, ok := c.(interface{ CloseWrite() error }); ok {
 		_ = hc.CloseWrite()
 	}
+	_ = c.SetReadDeadline(time.Now().Add(refuseLinger))
 	_, _ = io.Copy(io.Discard, io.LimitReader(c, 1<<20))
 }
 
