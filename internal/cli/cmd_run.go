@@ -163,6 +163,9 @@ type daemonHooks struct {
 	sweepDone func(sweeper.Summary, error)
 	// databaseChecked receives every health check's verdict.
 	databaseChecked func(up bool)
+	// metrics receives the metrics handler (what GET /metrics serves),
+	// which stays readable after the daemon stopped.
+	metrics func(http.Handler)
 }
 
 // serveDaemon runs the daemon until ctx is cancelled: admin API, database
@@ -184,6 +187,9 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 
 	store := db.NewStore(pool)
 	metrics := telemetry.New()
+	if hooks.metrics != nil {
+		hooks.metrics(metrics.Handler())
+	}
 	health := newDBHealth(store.Ping, logger, func(up bool) {
 		metrics.DatabaseChecked(up)
 		if hooks.databaseChecked != nil {
