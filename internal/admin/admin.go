@@ -1,8 +1,9 @@
 // Package admin owns the daemon's HTTP admin API: health and readiness,
 // metrics, manual sweeps, the inline failure handler, per-step status and
-// retries, and the status counts, with JSON errors for every failure. It
-// defines small interfaces for what it calls; the sweeper, the scheduler,
-// the failure handler and the database store satisfy them.
+// retries, and the status counts, with JSON errors for every failure; and
+// the server that serves it within limits (timeouts, header size,
+// connections). It defines small interfaces for what it calls; the sweeper,
+// the scheduler, the failure handler and the database store satisfy them.
 package admin
 
 import (
