@@ -19,7 +19,9 @@ var scheduleParser = cron.NewParser(
 )
 
 // ParseSchedule validates a cron spec. Unlike cron itself it rejects an
-// @every interval under one second (cron would silently round it up).
+// @every interval under one second (cron would silently round it up) and a
+// spec that never fires, such as February 30 (cron's Next returns the zero
+// time for it).
 func ParseSchedule(spec string) (cron.Schedule, error) {
 	if rest, ok := strings.CutPrefix(spec, "@every "); ok {
 		d, err := time.ParseDuration(strings.TrimSpace(rest))
@@ -34,8 +36,16 @@ func ParseSchedule(spec string) (cron.Schedule, error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse schedule %q: %w", spec, err)
 	}
+	if sched.Next(time.Now()).IsZero() {
+		return nil, fmt.Errorf("parse schedule %q: it never fires (no matching date)", spec)
+	}
 	return sched, nil
 }
+
+// minScheduleWait is how long Run waits before it looks at the schedule
+// again when the schedule gives no next time after now: a broken schedule
+// costs one look per second, never a busy loop.
+const minScheduleWait = time.Second
 
 // Skip reasons passed to SchedulerOptions.OnSkippedTick.
 const (
@@ -64,6 +74,9 @@ type Scheduler struct {
 	// slot holds a token while a sweep runs; a full slot means "busy".
 	slot chan struct{}
 	wg   sync.WaitGroup
+	// now and after are the clock and the timer (tests replace them).
+	now   func() time.Time
+	after func(time.Duration) (<-chan time.Time, func() bool)
 }
 
 // NewScheduler parses spec and builds a scheduler for sw.
@@ -72,21 +85,52 @@ func NewScheduler(sw *Sweeper, spec string, logger *slog.Logger, opts SchedulerO
 	if err != nil {
 		return nil, err
 	}
-	return &Scheduler{sweeper: sw, schedule: sched, logger: logger, opts: opts, slot: make(chan struct{}, 1)}, nil
+	return newScheduler(sw, sched, logger, opts), nil
+}
+
+func newScheduler(sw *Sweeper, sched cron.Schedule, logger *slog.Logger, opts SchedulerOptions) *Scheduler {
+	return &Scheduler{
+		sweeper: sw, schedule: sched, logger: logger, opts: opts, slot: make(chan struct{}, 1),
+		now: time.Now,
+		after: func(d time.Duration) (<-chan time.Time, func() bool) {
+			t := time.NewTimer(d)
+			return t.C, t.Stop
+		},
+	}
 }
 
 // Run fires sweeps until ctx is cancelled, then waits for the sweep in
-// flight (which stops starting batches and lets running ones commit).
+// flight (which stops starting batches and lets running ones commit). A
+// schedule whose next time is zero or not after now fires nothing: Run logs
+// it once and looks again after minScheduleWait.
 func (s *Scheduler) Run(ctx context.Context) {
 	defer s.wg.Wait()
+	warned := false
 	for {
-		next := s.schedule.Next(time.Now())
-		timer := time.NewTimer(time.Until(next))
+		now := s.now()
+		next := s.schedule.Next(now)
+		usable := !next.IsZero() && next.After(now)
+		wait := next.Sub(now)
+		switch {
+		case usable:
+			warned = false
+		case !warned:
+			warned = true
+			s.logger.Warn("the schedule gives no next sweep time after now; no scheduled sweeps until it does",
+				slog.Time("next", next), slog.Duration("recheck_every", minScheduleWait))
+			fallthrough
+		default:
+			wait = minScheduleWait
+		}
+		fired, stop := s.after(wait)
 		select {
 		case <-ctx.Done():
-			timer.Stop()
+			stop()
 			return
-		case <-timer.C:
+		case <-fired:
+		}
+		if !usable {
+			continue
 		}
 		if s.opts.DatabaseReady != nil && !s.opts.DatabaseReady() {
 			s.skip(SkipDatabaseUnavailable)

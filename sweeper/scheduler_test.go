@@ -2,6 +2,8 @@ package sweeper_test
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -131,8 +133,113 @@ func TestParseScheduleForms(t *testing.T) {
 		_, err := sweeper.ParseSchedule(spec)
 		require.NoError(t, err, spec)
 	}
-	for _, spec := range []string{"", "every 5s", "* * *", "61 * * * *", "@every -1s", "@sometimes"} {
+	for _, spec := range []string{"", "every 5s", "* * *", "61 * * * *", "@every -1s", "@sometimes", "@every 500ms"} {
 		_, err := sweeper.ParseSchedule(spec)
 		require.Error(t, err, spec)
+	}
+}
+
+// A spec cron parses but that never fires (no such date) is refused: cron's
+// Next would return the zero time and the scheduler's timer fire at once.
+func TestParseScheduleRefusesSpecsThatNeverFire(t *testing.T) {
+	t.Parallel()
+	for _, spec := range []string{"0 0 30 2 *", "0 0 31 4 *", "0 0 0 31 11 *", "0 0 30,31 2 *"} {
+		_, err := sweeper.ParseSchedule(spec)
+		require.ErrorContains(t, err, "never fires", spec)
+	}
+	sched, err := sweeper.ParseSchedule("0 0 29 2 *") // leap days come round
+	require.NoError(t, err)
+	require.False(t, sched.Next(time.Now()).IsZero())
+}
+
+// scheduleFunc is a cron.Schedule from a function.
+type scheduleFunc func(time.Time) time.Time
+
+func (f scheduleFunc) Next(t time.Time) time.Time { return f(t) }
+
+// A schedule with no next time after now (zero, or in the past) fires
+// nothing and costs one look per second, logged once; a schedule that
+// recovers fires again.
+func TestSchedulerNeverSpinsOnAScheduleWithoutANextTime(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	testdb.SeedDue(t, pool, 2)
+	sweeps := make(chan sweeper.Summary, 16)
+	sw, err := sweeper.New(db.NewStore(pool), sweeper.DefaultConfig(), discard,
+		sweeper.Hooks{SweepDone: func(sum sweeper.Summary, _ error) { sweeps <- sum }})
+	require.NoError(t, err)
+
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	var looks atomic.Int32
+	sched := scheduleFunc(func(t time.Time) time.Time {
+		switch looks.Add(1) {
+		case 1, 2:
+			return time.Time{} // what cron says for February 30
+		case 3:
+			return t.Add(-time.Minute) // a broken schedule
+		default:
+			return t.Add(time.Hour)
+		}
+	})
+	waits := make(chan time.Duration)
+	tick := make(chan time.Time)
+	after := func(d time.Duration) (<-chan time.Time, func() bool) {
+		waits <- d
+		return tick, func() bool { return true }
+	}
+	logs := &lockedBuffer{}
+	logger := slog.New(slog.NewJSONHandler(logs, nil))
+	s := sweeper.NewSchedulerWith(sw, sched, logger, sweeper.SchedulerOptions{},
+		func() time.Time { return now }, after)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.Run(ctx) }()
+
+	for range 3 {
+		d := receiveWithin(t, waits, "the scheduler to ask for a wait")
+		require.Equal(t, time.Second, d, "a schedule without a next time waits the minimum, never zero")
+		tick <- now
+	}
+	require.Equal(t, 1, strings.Count(logs.String(), "no next sweep time"), "logged once: %s", logs)
+	require.Empty(t, sweeps, "no sweep fires for a schedule without a next time")
+
+	// The schedule recovers: its next time is honoured and the sweep runs.
+	require.Equal(t, time.Hour, receiveWithin(t, waits, "the recovered schedule's wait"))
+	tick <- now
+	sum := receiveWithin(t, sweeps, "the sweep of the recovered schedule")
+	require.Equal(t, 2, sum.Transitioned)
+	receiveWithin(t, waits, "the next wait")
+	cancel()
+	<-done
+}
+
+// lockedBuffer is a log destination a test reads while a goroutine writes.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func receiveWithin[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("timed out waiting for %s", what)
+		var zero T
+		return zero
 	}
 }

@@ -403,6 +403,7 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 		mu        sync.Mutex
 		firstErr  error
 		exhausted atomic.Bool
+		aborted   atomic.Bool
 		number    int
 	)
 	g := new(errgroup.Group)
@@ -414,6 +415,13 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 			res, err := s.runBatch(ctx, batch)
 			if err != nil || res.Claimed < batch.Limit {
 				exhausted.Store(true)
+			}
+			if err != nil && s.abortContext().Err() != nil && errors.Is(err, context.Canceled) {
+				// AbortBatches (a shutdown's grace is over) cancelled it: it
+				// rolled back whole, and the sweep is interrupted, not failed.
+				aborted.Store(true)
+				log.Warn("sweep batch cancelled by shutdown: rolled back", slog.Int("batch", batch.Number))
+				return nil
 			}
 			mu.Lock()
 			defer mu.Unlock()
@@ -441,7 +449,7 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 		g.Go(runAndTally)
 	}
 	_ = g.Wait()
-	if ctx.Err() != nil && !exhausted.Load() {
+	if aborted.Load() || (ctx.Err() != nil && !exhausted.Load()) {
 		sum.Interrupted = true
 	}
 	if firstErr != nil {

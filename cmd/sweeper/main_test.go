@@ -299,3 +299,114 @@ func TestFourProcessesSweepEachStepOnce(t *testing.T) {
 	assertConsistent(t, pool, steps)
 	require.Zero(t, countWaiting(t, pool))
 }
+
+// holdTransitionsLock takes SHARE on tasker.workflow_step_transitions in a
+// transaction of its own, released by the returned function (and at the
+// end of the test). A batch claims its steps (FOR UPDATE SKIP LOCKED takes
+// ROW SHARE, which SHARE allows) and then waits on this lock in the middle
+// of its transaction: the move writes the transitions (ROW EXCLUSIVE). A
+// row lock would not do: the claims skip locked rows instead of waiting.
+func holdTransitionsLock(t *testing.T, pool *pgxpool.Pool) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	_, err = tx.Exec(ctx, `LOCK TABLE tasker.workflow_step_transitions IN SHARE MODE`)
+	require.NoError(t, err)
+	release = sync.OnceFunc(func() { require.NoError(t, tx.Rollback(ctx)) })
+	t.Cleanup(release)
+	return release
+}
+
+// waitForBlockedMove waits until a backend of another session waits on a
+// lock in a batch's move statement.
+func waitForBlockedMove(t *testing.T, pool *pgxpool.Pool, logs *lineBuffer) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(20 * time.Second)
+	for {
+		var blocked int
+		require.NoError(t, pool.QueryRow(context.Background(), `
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND pid <> pg_backend_pid()
+  AND wait_event_type = 'Lock' AND query LIKE '-- name: SweepMoveToPending %'`).Scan(&blocked))
+		if blocked > 0 {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("no batch blocked on the lock within 20 s:\n%s", logs)
+		}
+	}
+}
+
+// --shutdown-grace is honoured: a batch blocked mid-transaction when
+// SIGTERM arrives is cancelled when the grace ends and rolls back whole;
+// the daemon exits 0 within the grace plus a second, logs the sweep as
+// interrupted, and no step is half-moved.
+func TestShutdownGraceCancelsBlockedBatches(t *testing.T) {
+	t.Parallel()
+	pool, url := testdb.NewWithURL(t)
+	const steps = 2000
+	testdb.SeedDue(t, pool, steps)
+	release := holdTransitionsLock(t, pool)
+	const grace = 3 * time.Second
+	cmd, exited, logs := startDaemon(t, []string{"DATABASE_URL=" + url},
+		"--http-addr", "127.0.0.1:0", "--schedule", "@every 1s", "--shutdown-grace", grace.String(),
+		"--batch-size", "100", "--workers", "2", "--log-format", "json")
+	waitForBlockedMove(t, pool, logs)
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	signalled := time.Now()
+	code := exitCode(t, exited, logs)
+	took := time.Since(signalled)
+	require.Equal(t, 0, code, logs.String())
+	require.Less(t, took, grace+time.Second, "exit within the grace plus a second")
+	require.GreaterOrEqual(t, took, grace, "the blocked batch got its grace")
+	release()
+
+	require.Zero(t, assertConsistent(t, pool, steps), "the cancelled batch rolled back whole")
+	require.Equal(t, steps, countWaiting(t, pool))
+	out := logs.String()
+	require.Contains(t, out, "grace period over")
+	require.Contains(t, out, `"msg":"sweep interrupted by shutdown`)
+	require.Contains(t, out, `"msg":"sweeper stopped"`)
+	require.NotContains(t, out, `"level":"ERROR"`, "an interrupted sweep is not a failure")
+}
+
+// `sweeper once` stopped by SIGTERM lets the batch in flight commit, starts
+// no more, exits 1 and says "interrupted": true in its JSON summary.
+func TestSigtermInterruptsOnce(t *testing.T) {
+	t.Parallel()
+	pool, url := testdb.NewWithURL(t)
+	const steps, batch = 500, 100
+	testdb.SeedDue(t, pool, steps)
+	release := holdTransitionsLock(t, pool)
+	cmd := exec.Command(sweeperBin, "once", "--json", "--batch-size", fmt.Sprint(batch), "--workers", "1", "--log-format", "json")
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "DATABASE_URL=" + url}
+	var stdout bytes.Buffer
+	logs := &lineBuffer{}
+	cmd.Stdout, cmd.Stderr = &stdout, logs
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	waitForBlockedMove(t, pool, logs)
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	release() // the blocked batch may now commit; no other may start
+	err := cmd.Wait()
+	var exitErr *exec.ExitError
+	require.ErrorAs(t, err, &exitErr, "stdout: %s\nstderr: %s", stdout.String(), logs)
+	require.Equal(t, 1, exitErr.ExitCode(), logs.String())
+
+	var sum struct {
+		Transitioned int  `json:"transitioned"`
+		Interrupted  bool `json:"interrupted"`
+	}
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &sum), stdout.String())
+	require.True(t, sum.Interrupted, stdout.String())
+	require.Equal(t, batch, sum.Transitioned, "the batch in flight committed, no later one started")
+	require.Equal(t, batch, assertConsistent(t, pool, steps))
+	require.Contains(t, logs.String(), "sweeper once: sweep interrupted by shutdown")
+}

@@ -1,8 +1,9 @@
 // Package admin owns the daemon's HTTP admin API: health and readiness,
 // metrics, manual sweeps, the inline failure handler, per-step status and
-// retries, and the status counts, with JSON errors for every failure. It
-// defines small interfaces for what it calls; the sweeper, the scheduler,
-// the failure handler and the database store satisfy them.
+// retries, and the status counts, with JSON errors for every failure; and
+// the server that serves it within limits (timeouts, header size,
+// connections). It defines small interfaces for what it calls; the sweeper,
+// the scheduler, the failure handler and the database store satisfy them.
 package admin
 
 import (
@@ -16,9 +17,13 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"os"
+	"path"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -80,7 +85,26 @@ type Deps struct {
 	Token string
 	// Logger gets request and failure logs; nil discards them.
 	Logger *slog.Logger
+	// StatusMaxAge is how long GET /v1/status serves one computed answer:
+	// the counts cost a scan of the waiting steps, and the endpoint is
+	// open. Zero means DefaultStatusMaxAge; negative, a fresh count per
+	// request (concurrent requests still share one).
+	StatusMaxAge time.Duration
+	// SweepTimeout replaces the server's read and write deadlines for POST
+	// /v1/sweeps, which waits for a running sweep and then sweeps; zero
+	// means DefaultSweepTimeout.
+	SweepTimeout time.Duration
 }
+
+// Defaults of the Deps durations.
+const (
+	DefaultStatusMaxAge = 2 * time.Second
+	DefaultSweepTimeout = 15 * time.Minute
+)
+
+// statusComputeTimeout bounds one computation of GET /v1/status, which runs
+// detached from the request that started it.
+const statusComputeTimeout = 30 * time.Second
 
 // alwaysReady is the Readiness of a Deps without one.
 type alwaysReady struct{}
@@ -99,6 +123,7 @@ const (
 	codeMethodNotAllowed = "method_not_allowed"
 	codeConflict         = "conflict"
 	codeTooLarge         = "request_too_large"
+	codeTimeout          = "request_timeout"
 	codeUnavailable      = "unavailable"
 	codeInternal         = "internal"
 )
@@ -106,7 +131,8 @@ const (
 // server serves the admin endpoints.
 type server struct {
 	Deps
-	mux *http.ServeMux
+	mux    *http.ServeMux
+	status *statusCache
 }
 
 // New builds the admin API's routes. GET endpoints are open; POST
@@ -131,13 +157,19 @@ func New(d Deps) http.Handler {
 	if d.Readiness == nil {
 		d.Readiness = alwaysReady{}
 	}
-	a := &server{Deps: d, mux: http.NewServeMux()}
+	if d.StatusMaxAge == 0 {
+		d.StatusMaxAge = DefaultStatusMaxAge
+	}
+	if d.SweepTimeout <= 0 {
+		d.SweepTimeout = DefaultSweepTimeout
+	}
+	a := &server{Deps: d, mux: http.NewServeMux(), status: &statusCache{maxAge: d.StatusMaxAge}}
 	a.mux.HandleFunc("GET /healthz", a.healthz)
 	a.mux.HandleFunc("GET /readyz", a.readyz)
 	if d.Metrics != nil {
 		a.mux.Handle("GET /metrics", d.Metrics)
 	}
-	a.mux.HandleFunc("GET /v1/status", a.status)
+	a.mux.HandleFunc("GET /v1/status", a.getStatus)
 	a.mux.HandleFunc("GET /v1/steps/{uuid}", a.stepStatus)
 	a.mux.Handle("POST /v1/sweeps", a.authorized(a.triggerSweep))
 	a.mux.Handle("POST /v1/steps/{uuid}/failures", a.authorized(a.reportFailure))
@@ -146,7 +178,9 @@ func New(d Deps) http.Handler {
 }
 
 // ServeHTTP logs the request, turns a handler panic into a 500 and gives the
-// mux's own 404/405 answers a JSON body.
+// mux's own 400/404/405 answers a JSON body. A path that is not clean
+// ("//v1/sweeps", "/v1/../healthz") is a 404, never the mux's redirect:
+// a redirected POST would be a second request the client never meant.
 func (a *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
@@ -169,12 +203,22 @@ func (a *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
 	}()
 
+	if !strings.HasPrefix(r.URL.Path, "/") {
+		// "*" (OPTIONS * HTTP/1.1) or an absolute form without a path.
+		writeError(rec, http.StatusBadRequest, codeBadRequest, "bad request target: "+r.RequestURI)
+		return
+	}
+	if clean := cleanPath(r.URL.Path); clean != r.URL.Path {
+		writeError(rec, http.StatusNotFound, codeNotFound,
+			fmt.Sprintf("no such endpoint: %s (the path is not clean; did you mean %s?)", r.URL.Path, clean))
+		return
+	}
 	if _, pattern := a.mux.Handler(r); pattern != "" {
 		a.mux.ServeHTTP(rec, r)
 		return
 	}
-	// No route: let the mux decide between 404, 405 (with its Allow header)
-	// and a redirect to the clean path, then answer in JSON.
+	// No route: let the mux decide between 400, 404, 405 (with its Allow
+	// header) and a redirect to the clean path, then answer in JSON.
 	probe := &headerProbe{header: http.Header{}}
 	a.mux.ServeHTTP(probe, r)
 	switch {
@@ -182,12 +226,27 @@ func (a *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec.Header().Set("Allow", probe.header.Get("Allow"))
 		writeError(rec, http.StatusMethodNotAllowed, codeMethodNotAllowed,
 			fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, probe.header.Get("Allow")))
-	case probe.code >= 300 && probe.code < 400 && probe.header.Get("Location") != "":
-		rec.Header().Set("Location", probe.header.Get("Location"))
-		rec.WriteHeader(probe.code)
+	case probe.code >= 300 && probe.code < 400:
+		msg := "no such endpoint: " + r.URL.Path + " (the path is not clean"
+		if loc := probe.header.Get("Location"); loc != "" {
+			msg += "; did you mean " + loc + "?"
+		}
+		writeError(rec, http.StatusNotFound, codeNotFound, msg+")")
+	case probe.code == http.StatusBadRequest:
+		writeError(rec, http.StatusBadRequest, codeBadRequest, "bad request target: "+r.RequestURI)
 	default:
 		writeError(rec, http.StatusNotFound, codeNotFound, "no such endpoint: "+r.URL.Path)
 	}
+}
+
+// cleanPath is the path the mux would redirect p (which starts with "/")
+// to: no "." or ".." segments, no doubled slashes, a trailing slash kept.
+func cleanPath(p string) string {
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
 }
 
 func (a *server) healthz(w http.ResponseWriter, _ *http.Request) {
@@ -213,6 +272,15 @@ func (a *server) triggerSweep(w http.ResponseWriter, r *http.Request) {
 	dryRun, ok := boolQuery(w, r, "dry_run")
 	if !ok {
 		return
+	}
+	// The server's deadlines suit quick requests; a sweep waits for the one
+	// in flight and then moves a backlog. Without a later read deadline the
+	// server's background read would time out and cancel the sweep.
+	deadline := time.Now().Add(a.SweepTimeout)
+	rc := http.NewResponseController(w)
+	if err := errors.Join(rc.SetReadDeadline(deadline), rc.SetWriteDeadline(deadline)); err != nil {
+		a.Logger.LogAttrs(r.Context(), slog.LevelWarn, "admin API: cannot extend the deadlines of a manual sweep",
+			slog.Any("error", err))
 	}
 	// Like a scheduled tick, a manual sweep is refused while the database is
 	// known to be down rather than left to hang on connection attempts.
@@ -423,26 +491,106 @@ type statusResponse struct {
 	NextDueAt     *time.Time                   `json:"next_due_at"`
 }
 
-func (a *server) status(w http.ResponseWriter, r *http.Request) {
-	counts, err := a.Status.StepCountsByState(r.Context())
+// getStatus answers GET /v1/status from the status cache; readiness is
+// always current.
+func (a *server) getStatus(w http.ResponseWriter, r *http.Request) {
+	ready := a.Readiness.Ready()
+	resp, err := a.status.get(r.Context(), a.computeStatus)
 	if err != nil {
-		a.internalError(w, r, "count steps by state", err)
+		var se *statusError
+		if errors.As(err, &se) {
+			a.internalError(w, r, se.what, se.err)
+			return
+		}
+		a.internalError(w, r, "wait for the status counts", err)
 		return
 	}
-	due, err := a.Status.CountDue(r.Context())
+	resp.Ready = ready
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// statusError names the count of a status computation that failed.
+type statusError struct {
+	what string
+	err  error
+}
+
+func (e *statusError) Error() string { return e.what + ": " + e.err.Error() }
+func (e *statusError) Unwrap() error { return e.err }
+
+func (a *server) computeStatus(ctx context.Context) (statusResponse, error) {
+	counts, err := a.Status.StepCountsByState(ctx)
 	if err != nil {
-		a.internalError(w, r, "count due steps", err)
-		return
+		return statusResponse{}, &statusError{"count steps by state", err}
+	}
+	due, err := a.Status.CountDue(ctx)
+	if err != nil {
+		return statusResponse{}, &statusError{"count due steps", err}
 	}
 	resp := statusResponse{
-		Ready: a.Readiness.Ready(), CountsByState: counts,
-		DueNow: due.Due, Stranded: due.Stranded, NotYetDue: due.NotYetDue,
+		CountsByState: counts, DueNow: due.Due, Stranded: due.Stranded, NotYetDue: due.NotYetDue,
 	}
 	if due.NotYetDue > 0 {
 		next := due.NextDueAt.UTC()
 		resp.NextDueAt = &next
 	}
-	writeJSON(w, http.StatusOK, resp)
+	return resp, nil
+}
+
+// statusCache serves one computed status for maxAge, and lets concurrent
+// requests share one computation (single flight), so the open status
+// endpoint costs at most one count per maxAge however often it is asked.
+// Failures are shared by the requests waiting for them, never cached.
+type statusCache struct {
+	maxAge time.Duration
+	mu     sync.Mutex
+	val    statusResponse
+	at     time.Time // when val was computed; zero: nothing cached
+	flight *statusFlight
+}
+
+// statusFlight is one computation in progress; done closes when val and
+// err are set.
+type statusFlight struct {
+	done chan struct{}
+	val  statusResponse
+	err  error
+}
+
+func (c *statusCache) get(ctx context.Context, compute func(context.Context) (statusResponse, error)) (statusResponse, error) {
+	c.mu.Lock()
+	if c.maxAge > 0 && !c.at.IsZero() && time.Since(c.at) < c.maxAge {
+		v := c.val
+		c.mu.Unlock()
+		return v, nil
+	}
+	f := c.flight
+	if f == nil {
+		f = &statusFlight{done: make(chan struct{})}
+		c.flight = f
+		// Detached from the request that started it: its client going away
+		// must not fail the others waiting.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusComputeTimeout)
+		go func() {
+			defer cancel()
+			v, err := compute(cctx)
+			c.mu.Lock()
+			f.val, f.err = v, err
+			if err == nil {
+				c.val, c.at = v, time.Now()
+			}
+			c.flight = nil
+			c.mu.Unlock()
+			close(f.done)
+		}()
+	}
+	c.mu.Unlock()
+	select {
+	case <-f.done:
+		return f.val, f.err
+	case <-ctx.Done():
+		return statusResponse{}, ctx.Err()
+	}
 }
 
 // authorized requires the bearer token on next when one is configured.
@@ -501,9 +649,15 @@ func stepParam(w http.ResponseWriter, r *http.Request) (uuid.UUID, bool) {
 }
 
 // boolQuery parses an optional boolean query parameter (absent: false),
-// answering 400 when it is not a boolean.
+// answering 400 when it is not a boolean or the query does not parse (a
+// malformed escape must not read as "absent").
 func boolQuery(w http.ResponseWriter, r *http.Request, name string) (bool, bool) {
-	raw := r.URL.Query().Get(name)
+	query, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, codeBadRequest, "invalid query string: "+err.Error())
+		return false, false
+	}
+	raw := query.Get(name)
 	if raw == "" {
 		return false, true
 	}
@@ -537,6 +691,14 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, dst any) bool {
 	if errors.As(err, &tooLarge) {
 		writeError(w, http.StatusRequestEntityTooLarge, codeTooLarge,
 			fmt.Sprintf("request body larger than %d bytes", tooLarge.Limit))
+		return false
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// The server's read timeout: the body came in too slowly. Give the
+		// answer a moment to go out even if the write deadline is as near.
+		_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(time.Second))
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, codeTimeout, "request body not received within the read timeout")
 		return false
 	}
 	writeError(w, http.StatusBadRequest, codeBadRequest, "invalid JSON body: "+describeDecodeError(err))

@@ -36,17 +36,28 @@ func (r *readyFlag) Ready() bool { return r.Load() }
 
 // adminHarness is the admin API over the real pieces (store, sweeper,
 // scheduler, failure handler, metrics) on a database of the test's own,
-// served by an httptest server.
+// served by an httptest server (or, in the server tests, by admin.Server).
 type adminHarness struct {
-	pool  *pgxpool.Pool
-	store *db.Store
-	srv   *httptest.Server
-	ready *readyFlag
+	pool   *pgxpool.Pool
+	store  *db.Store
+	url    string // http://host:port
+	client *http.Client
+	ready  *readyFlag
 }
 
 // newAdminHarness builds the API; tweak, if given, may change the deps
 // before the handler is built (a failing handler, a token, ...).
 func newAdminHarness(t *testing.T, tweak func(*admin.Deps)) *adminHarness {
+	t.Helper()
+	h, deps := newHarnessDeps(t, tweak)
+	srv := httptest.NewServer(admin.New(deps))
+	t.Cleanup(srv.Close)
+	h.url, h.client = srv.URL, srv.Client()
+	return h
+}
+
+// newHarnessDeps builds the harness's pieces and deps, not yet served.
+func newHarnessDeps(t *testing.T, tweak func(*admin.Deps)) (*adminHarness, admin.Deps) {
 	t.Helper()
 	pool := testdb.New(t)
 	store := db.NewStore(pool)
@@ -77,9 +88,7 @@ func newAdminHarness(t *testing.T, tweak func(*admin.Deps)) *adminHarness {
 	if tweak != nil {
 		tweak(&deps)
 	}
-	srv := httptest.NewServer(admin.New(deps))
-	t.Cleanup(srv.Close)
-	return &adminHarness{pool: pool, store: store, srv: srv, ready: ready}
+	return &adminHarness{pool: pool, store: store, ready: ready}, deps
 }
 
 type apiResponse struct {
@@ -115,7 +124,7 @@ func (h *adminHarness) request(t *testing.T, method, path, body string, headers 
 	if body != "" {
 		rd = strings.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(t.Context(), method, h.srv.URL+path, rd)
+	req, err := http.NewRequestWithContext(t.Context(), method, h.url+path, rd)
 	require.NoError(t, err)
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
@@ -123,7 +132,7 @@ func (h *adminHarness) request(t *testing.T, method, path, body string, headers 
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	resp, err := h.srv.Client().Do(req)
+	resp, err := h.client.Do(req)
 	require.NoError(t, err)
 	defer func() { _ = resp.Body.Close() }()
 	raw, err := io.ReadAll(resp.Body)
@@ -536,7 +545,8 @@ func TestAdminToken(t *testing.T) {
 
 func TestAdminStatus(t *testing.T) {
 	t.Parallel()
-	h := newAdminHarness(t, nil)
+	// Every request counts afresh: the test changes the data in between.
+	h := newAdminHarness(t, func(d *admin.Deps) { d.StatusMaxAge = -1 })
 	status := func(t *testing.T) map[string]any {
 		t.Helper()
 		res := h.request(t, http.MethodGet, "/v1/status", "")

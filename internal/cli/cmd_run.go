@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -106,12 +107,16 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	}
 }
 
-// checkAdminAddr refuses an admin API reachable off this host without a
-// token: it can move and fail steps.
+// checkAdminAddr checks the admin API's address is host:port with a numeric
+// port (0 picks a free one, logged at start), and refuses an admin API
+// reachable off this host without a token: it can move and fail steps.
 func checkAdminAddr(addr, token string) error {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil || port == "" {
 		return usageErrorf("invalid --http-addr %q: want host:port", addr)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > 65535 {
+		return usageErrorf("invalid --http-addr %q: the port must be a number from 0 to 65535 (0: any free port)", addr)
 	}
 	if token != "" {
 		return nil
@@ -158,6 +163,9 @@ type daemonHooks struct {
 	sweepDone func(sweeper.Summary, error)
 	// databaseChecked receives every health check's verdict.
 	databaseChecked func(up bool)
+	// metrics receives the metrics handler (what GET /metrics serves),
+	// which stays readable after the daemon stopped.
+	metrics func(http.Handler)
 }
 
 // serveDaemon runs the daemon until ctx is cancelled: admin API, database
@@ -179,6 +187,9 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 
 	store := db.NewStore(pool)
 	metrics := telemetry.New()
+	if hooks.metrics != nil {
+		hooks.metrics(metrics.Handler())
+	}
 	health := newDBHealth(store.Ping, logger, func(up bool) {
 		metrics.DatabaseChecked(up)
 		if hooks.databaseChecked != nil {
@@ -212,21 +223,17 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
 	}
-	srv := &http.Server{
-		Handler: admin.New(admin.Deps{
-			Sweeps:     sched,
-			Steps:      sw,
-			Failures:   metrics.CountDecisions(handler),
-			StepStatus: store,
-			Status:     store,
-			Readiness:  health,
-			Metrics:    metrics.Handler(),
-			Token:      cfg.adminToken,
-			Logger:     logger,
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	srv := admin.NewServer(admin.New(admin.Deps{
+		Sweeps:     sched,
+		Steps:      sw,
+		Failures:   metrics.CountDecisions(handler),
+		StepStatus: store,
+		Status:     store,
+		Readiness:  health,
+		Metrics:    metrics.Handler(),
+		Token:      cfg.adminToken,
+		Logger:     logger,
+	}), admin.DefaultLimits(), logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(listener) }()
 	logger.Info("sweeper running",

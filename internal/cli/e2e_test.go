@@ -51,6 +51,8 @@ func TestBadConfigurationExits2WithOneLineNamingTheFlag(t *testing.T) {
 	}{
 		{[]string{"run", "--schedule", "every five seconds"}, nil, "--schedule"},
 		{[]string{"run"}, []string{"SWEEPER_SCHEDULE=* * *"}, "--schedule"},
+		{[]string{"run", "--schedule", "0 0 30 2 *"}, nil, "--schedule"}, // February 30: never fires
+		{[]string{"run", "--schedule", "@every 100ms"}, nil, "--schedule"},
 		{[]string{"run", "--batch-size", "0"}, nil, "--batch-size"},
 		{[]string{"run", "--batch-size", "100001"}, nil, "--batch-size"},
 		{[]string{"run"}, []string{"SWEEPER_BATCH_SIZE=zero"}, "--batch-size"},
@@ -68,6 +70,11 @@ func TestBadConfigurationExits2WithOneLineNamingTheFlag(t *testing.T) {
 		{[]string{"run", "--shutdown-grace", "-1s"}, nil, "--shutdown-grace"},
 		{[]string{"run", "--http-addr", "0.0.0.0:9999"}, nil, "--admin-token"},
 		{[]string{"run", "--http-addr", "nonsense"}, nil, "--http-addr"},
+		{[]string{"run", "--http-addr", "127.0.0.1:99999"}, nil, "--http-addr"},
+		{[]string{"run", "--http-addr", "127.0.0.1:65536"}, nil, "--http-addr"},
+		{[]string{"run", "--http-addr", "127.0.0.1:http"}, nil, "--http-addr"},
+		{[]string{"run", "--http-addr", "127.0.0.1:-1"}, nil, "--http-addr"},
+		{[]string{"run"}, []string{"SWEEPER_HTTP_ADDR=127.0.0.1:+80"}, "--http-addr"},
 		{[]string{"run", "--log-level", "loud"}, nil, "--log-level"},
 		{[]string{"run", "--log-format", "yaml"}, nil, "--log-format"},
 		{[]string{"once", "--batch-size", "-3"}, nil, "--batch-size"},
@@ -93,6 +100,8 @@ func TestBadConfigurationExits2WithOneLineNamingTheFlag(t *testing.T) {
 	require.NoError(t, checkAdminAddr("0.0.0.0:9090", "token"), "off loopback is fine with a token")
 	require.NoError(t, checkAdminAddr("localhost:9090", ""))
 	require.NoError(t, checkAdminAddr("[::1]:9090", ""))
+	require.NoError(t, checkAdminAddr("127.0.0.1:0", ""), "port 0: any free port")
+	require.NoError(t, checkAdminAddr("127.0.0.1:65535", ""))
 }
 
 func TestUsageHelpAndUnknownCommands(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
@@ -29,6 +30,8 @@ type daemon struct {
 	up chan struct{}
 	// sweeps receives every sweep's summary.
 	sweeps chan sweeper.Summary
+	// metrics receives the daemon's metrics handler.
+	metrics chan http.Handler
 }
 
 func startDaemon(t *testing.T, vars []string, args ...string) *daemon {
@@ -37,6 +40,7 @@ func startDaemon(t *testing.T, vars []string, args ...string) *daemon {
 	d := &daemon{
 		cancel: cancel, exited: make(chan int, 1), logs: &syncBuffer{},
 		addr: make(chan string, 1), up: make(chan struct{}), sweeps: make(chan sweeper.Summary, 64),
+		metrics: make(chan http.Handler, 1),
 	}
 	markUp := sync.OnceFunc(func() { close(d.up) })
 	e := env{
@@ -54,6 +58,7 @@ func startDaemon(t *testing.T, vars []string, args ...string) *daemon {
 					markUp()
 				}
 			},
+			metrics: func(h http.Handler) { d.metrics <- h },
 		},
 	}
 	go func() { d.exited <- run(ctx, e, append([]string{"run"}, args...)) }()
@@ -172,4 +177,56 @@ func TestRunExits1WhenTheAdminAddressIsTaken(t *testing.T) {
 	res := runCLI(t, []string{"DATABASE_URL=postgres://postgres@127.0.0.1:1/x"}, "run", "--http-addr", l.Addr().String())
 	require.Equal(t, 1, res.code, res.stderr)
 	require.Contains(t, res.stderr, "sweeper run: listen on "+l.Addr().String())
+}
+
+// A sweep whose batch is still blocked when the grace ends is cancelled,
+// rolls back, and is reported as interrupted: in the log, in its summary
+// and in tasker_sweeper_sweeps_total{outcome="interrupted"}; exit 0.
+func TestRunReportsASweepCancelledAtTheGraceAsInterrupted(t *testing.T) {
+	t.Parallel()
+	pool, url := testdb.NewWithURL(t)
+	const steps = 300
+	testdb.SeedDue(t, pool, steps)
+	ctx := context.Background()
+	// SHARE on the transitions lets a batch claim (ROW SHARE) and then
+	// blocks its move (ROW EXCLUSIVE) mid-transaction.
+	tx, err := pool.Begin(ctx)
+	require.NoError(t, err)
+	defer func() { _ = tx.Rollback(ctx) }()
+	_, err = tx.Exec(ctx, `LOCK TABLE tasker.workflow_step_transitions IN SHARE MODE`)
+	require.NoError(t, err)
+
+	d := startDaemon(t, []string{"DATABASE_URL=" + url},
+		"--http-addr", "127.0.0.1:0", "--schedule", "@every 1s", "--shutdown-grace", "1s",
+		"--batch-size", "100", "--log-format", "json")
+	metrics := receive(t, d.metrics, 10*time.Second, "the metrics handler")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var blocked int
+		require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND wait_event_type = 'Lock'
+			  AND query LIKE '-- name: SweepMoveToPending %'`).Scan(&blocked))
+		if blocked > 0 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "no batch blocked on the lock within 20 s:\n%s", d.logs)
+		receive(t, time.After(20*time.Millisecond), time.Second, "the next look")
+	}
+
+	require.Equal(t, 0, d.stop(t), d.logs.String())
+	sum := receive(t, d.sweeps, time.Second, "the interrupted sweep's summary")
+	require.True(t, sum.Interrupted, "%+v", sum)
+	require.Zero(t, sum.Transitioned)
+	require.Zero(t, sum.FailedBatches, "a batch cancelled by the shutdown is not a failed batch")
+	require.NoError(t, tx.Rollback(ctx))
+	require.Equal(t, steps, countWaiting(t, pool), "the cancelled batch rolled back")
+
+	rec := httptest.NewRecorder()
+	metrics.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	require.Contains(t, rec.Body.String(), `tasker_sweeper_sweeps_total{outcome="interrupted"} 1`)
+	require.NotContains(t, rec.Body.String(), `tasker_sweeper_sweeps_total{outcome="failure"}`)
+	logs := d.logs.String()
+	require.Contains(t, logs, `"msg":"sweep interrupted by shutdown`)
+	require.Contains(t, logs, `"msg":"sweep batch cancelled by shutdown: rolled back"`)
+	require.NotContains(t, logs, `"level":"ERROR"`)
 }

@@ -44,7 +44,7 @@ func New() *Metrics {
 		registry: prometheus.NewRegistry(),
 		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "sweeps_total",
-			Help: "Sweeps by outcome: success, failure, canceled, dry_run.",
+			Help: "Sweeps by outcome: success, failure, interrupted, dry_run.",
 		}, []string{"outcome"}),
 		transitioned: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "steps_transitioned_total",
