@@ -60,7 +60,7 @@ func New() *Metrics {
 		}),
 		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "batches_total",
-			Help: "Batch transactions by outcome: moved, empty, failed.",
+			Help: "Batch transactions by outcome: moved, empty, failed, interrupted (cancelled by a shutdown, rolled back).",
 		}, []string{"outcome"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Name: "sweep_duration_seconds",
@@ -119,6 +119,8 @@ func (m *Metrics) SweepHooks() sweeper.Hooks {
 
 func (m *Metrics) batchDone(res sweeper.BatchResult, err error) {
 	switch {
+	case errors.Is(err, context.Canceled):
+		m.batches.WithLabelValues("interrupted").Inc() // a shutdown cancelled it: rolled back whole
 	case err != nil:
 		m.batches.WithLabelValues("failed").Inc()
 	case res.Claimed == 0:

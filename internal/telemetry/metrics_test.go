@@ -3,6 +3,7 @@ package telemetry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -56,12 +57,13 @@ func TestSweepHooksCountOutcomes(t *testing.T) {
 	}}, nil)
 	hooks.BatchDone(sweeper.BatchResult{}, nil)
 	hooks.BatchDone(sweeper.BatchResult{}, errors.New("deadlock"))
+	hooks.BatchDone(sweeper.BatchResult{}, fmt.Errorf("batch 3: %w", context.Canceled))
 	hooks.SweepDone(sweeper.Summary{Transitioned: 2, LostRaces: 1, Adopted: 4, Stranded: 5, SkippedLocked: 7}, nil)
 	hooks.SweepDone(sweeper.Summary{DryRun: true, Transitioned: 9, Stranded: 6}, nil)
 	hooks.SweepDone(sweeper.Summary{Transitioned: 1}, errors.New("batch failed"))
 	hooks.SweepDone(sweeper.Summary{}, context.Canceled)
 
-	for _, outcome := range []string{"moved", "empty", "failed"} {
+	for _, outcome := range []string{"moved", "empty", "failed", "interrupted"} {
 		require.Equal(t, 1.0, counterValue(t, m.batches.WithLabelValues(outcome)), outcome)
 	}
 	for _, outcome := range []string{"success", "dry_run", "failure", "interrupted"} {
