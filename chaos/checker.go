@@ -279,3 +279,26 @@ func waitSessionsGone(ctx context.Context, admin *pgxpool.Pool, d *database, lim
 		}
 	}
 }
+
+// waitStates polls until every step in steps is in state, or limit passes;
+// it returns the last counts.
+func waitStates(ctx context.Context, pool *pgxpool.Pool, steps []uuid.UUID, state string, limit time.Duration) (map[string]int, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		got, err := stateCounts(ctx, pool, steps)
+		if err == nil && got[state] == len(steps) {
+			return got, nil
+		}
+		if time.Now().After(deadline) {
+			if err == nil {
+				err = fmt.Errorf("not all %s after %s", state, limit)
+			}
+			return got, err
+		}
+		select {
+		case <-ctx.Done():
+			return got, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -45,9 +45,9 @@ var fullSizes = sizes{
 }
 
 var shortSizes = sizes{
-	killBacklog: 10_000, restartBacklog: 3_000, outage: 5 * time.Second,
-	terminateBacklog: 5_000, terminations: 3,
-	lockHold: 12 * time.Second, lockDue: 1_500, lockLate: 100, lockBatch: 200,
+	killBacklog: 6_000, restartBacklog: 3_000, outage: 5 * time.Second,
+	terminateBacklog: 3_000, terminations: 3,
+	lockHold: 10 * time.Second, lockDue: 1_500, lockLate: 100, lockBatch: 200,
 	daemons: 4, streamFor: 20 * time.Second, streamBacklog: 2_000,
 	sigtermWait: 5 * time.Second, poisonDue: 500,
 	scenarioTimeout: 2 * time.Minute,
@@ -59,8 +59,8 @@ type scenario struct {
 	name string
 	// paths the scenario runs on (both unless meaningless).
 	paths []string
-	// short says whether the -short subset includes it.
-	short bool
+	// shortPaths are the paths the -short subset runs it on (none: left out).
+	shortPaths []string
 	// ownServer runs it on a server of its own that it may stop and start.
 	ownServer bool
 	run       func(ctx context.Context, r *run) error
@@ -152,10 +152,11 @@ func (s *suite) runAll(ctx context.Context) []result {
 	var results []result
 	anyFailed := false
 	for _, sc := range scenarios() {
-		if s.opts.short && !sc.short {
-			continue
+		paths := sc.paths
+		if s.opts.short {
+			paths = sc.shortPaths
 		}
-		for _, path := range sc.paths {
+		for _, path := range paths {
 			label := sc.id + " " + sc.name
 			if s.opts.run != nil && !s.opts.run.MatchString(label+" "+path) {
 				continue
