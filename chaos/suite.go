@@ -229,8 +229,13 @@ func (s *suite) runOne(ctx context.Context, sc scenario, path string) result {
 	if runErr != nil {
 		detail = append(detail, runErr.Error())
 	}
+	if errors.Is(runErr, errAbandoned) {
+		res.detail = runErr.Error()
+		res.duration = time.Since(start)
+		return res
+	}
 	detail = append(detail, r.problems...)
-	if !errors.Is(runErr, errAbandoned) {
+	{
 		cctx, ccancel := context.WithTimeout(ctx, 3*time.Minute)
 		detail = append(detail, check(cctx, d.pool, r.locked)...)
 		ccancel()
