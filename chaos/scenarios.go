@@ -669,8 +669,12 @@ func inPlaceEdits(ctx context.Context, r *run) error {
 		return fmt.Errorf("first sweep: %w", err)
 	}
 	edited := []uuid.UUID{shorter[0], earlier[0], exhausted[0], permanent[0], handled[0]}
-	if st, err := stateCounts(ctx, r.d.pool, edited); err != nil || st["waiting_for_retry"] != len(edited) {
-		return fmt.Errorf("before the edits the edited steps should all wait: %v %v", st, err)
+	st, err := stateCounts(ctx, r.d.pool, edited)
+	if err != nil {
+		return err
+	}
+	if st["waiting_for_retry"] != len(edited) {
+		return fmt.Errorf("before the edits the edited steps should all wait: %v", st)
 	}
 	err = pgx.BeginFunc(ctx, r.d.pool, func(tx pgx.Tx) error {
 		for _, e := range []struct {
@@ -697,11 +701,14 @@ func inPlaceEdits(ctx context.Context, r *run) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		n, _, err := dueWaiting(ctx, r.d.pool, 0, nil)
-		if err == nil && n == int64(len(edited)) {
+		if err != nil {
+			return err
+		}
+		if n == int64(len(edited)) {
 			break
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("after the edits tasker's rule should call exactly the %d edited steps due, got %d (%v)", len(edited), n, err)
+			return fmt.Errorf("after the edits tasker's rule should call exactly the %d edited steps due, got %d", len(edited), n)
 		}
 		select {
 		case <-ctx.Done():

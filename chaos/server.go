@@ -279,9 +279,8 @@ func (c *cluster) createDB(ctx context.Context, s *suite, name, path string) (*d
 	}
 	d := &database{name: name, url: c.url(name), path: path}
 	if path == pathSchedule {
-		res := s.sweeperCmd(ctx, d, 2*time.Minute, "migrate")
-		if res.err != nil || res.code != 0 {
-			return nil, fmt.Errorf("sweeper migrate: exit %d: %v: %s", res.code, res.err, lastLines(res.stderr, 3))
+		if res := s.sweeperCmd(ctx, d, 2*time.Minute, "migrate"); res.err != nil || res.code != 0 {
+			return nil, fmt.Errorf("sweeper migrate: %s", res.describe())
 		}
 	}
 	d.pool, err = connect(ctx, d.url, harnessApp)
