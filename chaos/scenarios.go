@@ -25,7 +25,7 @@ func scenarios() []scenario {
 		{id: "3c", name: "postgres stopped", paths: bothPaths, shortPaths: []string{pathSchedule}, ownServer: true, run: pgRestart("stopped")},
 		{id: "4", name: "pg_terminate_backend mid-sweep", paths: bothPaths, shortPaths: bothPaths, run: terminateSessions},
 		{id: "5", name: "earliest-due rows locked", paths: bothPaths, shortPaths: bothPaths, run: lockedRows},
-		{id: "6", name: "daemons + failure stream", paths: bothPaths, shortPaths: bothPaths, run: failureStream},
+		{id: "6", name: "daemons + failure stream", paths: bothPaths, shortPaths: []string{pathSchedule}, run: failureStream},
 		{id: "7", name: "SIGTERM with blocked batches", paths: bothPaths, shortPaths: bothPaths, run: sigtermBlocked},
 		{id: "8", name: "poisoned rows (±infinity)", paths: bothPaths, shortPaths: bothPaths, run: poisonedRows},
 		{id: "9", name: "in-place edits + reconcile", paths: bothPaths, shortPaths: bothPaths, run: inPlaceEdits},

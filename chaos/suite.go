@@ -45,11 +45,11 @@ var fullSizes = sizes{
 }
 
 var shortSizes = sizes{
-	killBacklog: 6_000, restartBacklog: 3_000, outage: 5 * time.Second,
+	killBacklog: 4_000, restartBacklog: 3_000, outage: 3 * time.Second,
 	terminateBacklog: 3_000, terminations: 3,
-	lockHold: 10 * time.Second, lockDue: 1_500, lockLate: 100, lockBatch: 200,
+	lockHold: 8 * time.Second, lockDue: 1_500, lockLate: 100, lockBatch: 200,
 	daemons: 4, streamFor: 20 * time.Second, streamBacklog: 2_000,
-	sigtermWait: 5 * time.Second, poisonDue: 500,
+	sigtermWait: 4500 * time.Millisecond, poisonDue: 500,
 	scenarioTimeout: 2 * time.Minute,
 }
 
