@@ -47,7 +47,7 @@ bench: ## Run the benchmarks (own durable PostgreSQL under /var/tmp; ~15 min; BE
 	$(GO) run ./bench $(BENCHFLAGS)
 
 .PHONY: chaos
-chaos: build ## Run the fault suite against bin/sweeper on both sweep paths (~12 min; CHAOSFLAGS='-run 5' for one scenario)
+chaos: build ## Run the fault suite against bin/sweeper on both sweep paths (~10 min; CHAOSFLAGS='-run 5' for one scenario)
 	$(GO) run ./chaos -sweeper $(BIN)/sweeper $(CHAOSFLAGS)
 
 .PHONY: chaos-short
