@@ -8,6 +8,7 @@ SQLC    := $(BIN)/sqlc
 LINT    := $(BIN)/golangci-lint
 TESTFLAGS ?=
 BENCHFLAGS ?=
+CHAOSFLAGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -46,6 +47,14 @@ demo: build ## Run the sweeper against a throwaway PostgreSQL with demo data
 .PHONY: bench
 bench: ## Run the benchmarks (own durable PostgreSQL under /var/tmp; ~15 min; BENCHFLAGS='-scale 0.01' for a smoke run)
 	$(GO) run ./bench $(BENCHFLAGS)
+
+.PHONY: chaos
+chaos: build ## Run the fault suite against bin/sweeper on both sweep paths (~10 min; CHAOSFLAGS='-run 5' for one scenario)
+	$(GO) run ./chaos -sweeper $(BIN)/sweeper $(CHAOSFLAGS)
+
+.PHONY: chaos-short
+chaos-short: build ## Run the fault suite's CI subset (under 3 min)
+	$(GO) run ./chaos -short -sweeper $(BIN)/sweeper $(CHAOSFLAGS)
 
 .PHONY: vet
 vet: ## go vet
