@@ -721,6 +721,10 @@ func inPlaceEdits(ctx context.Context, r *run) error {
 	switch {
 	case rec.err == nil && rec.code == 2 && strings.Contains(rec.stderr, "unknown command"):
 		r.problem("reconcile command missing")
+	case r.d.path == "scan" && rec.err == nil && rec.code == 2 && strings.Contains(rec.stderr, "not installed"):
+		// No schedule to reconcile: the scan path evaluates the tables on
+		// every sweep, and says so.
+		reconciled = "reconcile: nothing to reconcile on the scan path (exit 2); "
 	case rec.err != nil || rec.code != 0:
 		r.problem("sweeper reconcile: %s", rec.describe())
 	default:
