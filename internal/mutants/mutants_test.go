@@ -31,17 +31,17 @@ change   | QueryA        | x < y                 | x <= y | ./db/... ./sweeper/.
 func TestParseListRejects(t *testing.T) {
 	t.Parallel()
 	for line, want := range map[string]string{
-		"a | Q | x":                   "want 4 or 5 fields",
-		"a | Q | x | y | p | q":       "want 4 or 5 fields",
-		"Bad_ID | Q | x | y":          "id",
-		"a |  | x | y":                "no query",
+		"a | Q | x":                    "want 4 or 5 fields",
+		"a | Q | x | y | p | q":        "want 4 or 5 fields",
+		"Bad_ID | Q | x | y":           "id",
+		"a |  | x | y":                 "no query",
 		"a | Q |  | y":                 "empty find",
-		"a | Q | x  y | x y":          "equals the find text",
-		"a | Q | x | `y`":             "backquote",
-		"a | Q | {{x | y":             "pair",
-		"a | Q | x}} {{y | z":         "pair",
-		"a | Q | {{}} x | z":          "empty",
-		"a | Q | x | y |  ":           "empty package",
+		"a | Q | x  y | x y":           "equals the find text",
+		"a | Q | x | `y`":              "backquote",
+		"a | Q | {{x | y":              "pair",
+		"a | Q | x}} {{y | z":          "pair",
+		"a | Q | {{}} x | z":           "empty",
+		"a | Q | x | y |  ":            "empty package",
 		"a | Q | x | y\na | Q | x | z": "already defined on line 1",
 	} {
 		_, err := ParseList(strings.NewReader(line))
