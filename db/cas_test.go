@@ -1,9 +1,10 @@
 package db_test
 
-// The sweep's move is a compare-and-swap on the current transition: it
-// retires a step's current row only while it is still waiting_for_retry, so
-// a step another writer moved after the claim is left alone and counted as
-// a lost race.
+// Every state change is a compare-and-swap on the current transition. The
+// sweep's move retires a step's current row only while it is still
+// waiting_for_retry, so a step another writer moved after the claim is left
+// alone and counted as a lost race; the inline handler's write only while
+// the step is in the state it decided on.
 
 import (
 	"context"
@@ -15,7 +16,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tasker-sweeper/retrysweeper/db"
 	"github.com/tasker-sweeper/retrysweeper/db/dbsqlc"
+	"github.com/tasker-sweeper/retrysweeper/handling"
 	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
@@ -151,5 +154,40 @@ func TestWriterBetweenClaimAndMoveWins(t *testing.T) {
 		last := rows[len(rows)-1]
 		require.Equal(t, "another-writer", last.Metadata["actor"])
 		require.Len(t, rows, len(testdb.History(statemachine.WaitingForRetry))+1)
+	})
+}
+
+// The inline handler decided on a state the step has since left: its write
+// is a lost race and writes nothing, not the transition, not the backoff
+// columns, not the schedule row.
+func TestApplyFailureOnALeftStateWritesNothing(t *testing.T) {
+	t.Parallel()
+	testdb.BothPaths(t, func(t *testing.T, objects testdb.Objects) {
+		pool := testdb.NewFor(t, objects)
+		ctx := context.Background()
+		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+		testdb.PlaceInState(t, pool, step, statemachine.Complete, 0)
+		stepRow := func() string {
+			var row string
+			require.NoError(t, pool.QueryRow(ctx, `SELECT xmin::text || ' ' || ws::text FROM tasker.workflow_steps ws
+				WHERE workflow_step_uuid = $1`, step).Scan(&row))
+			return row
+		}
+		before, beforeRow := historyOf(t, pool, step), stepRow()
+
+		event := statemachine.WaitForRetryEvent("upstream hiccup")
+		_, err := db.NewStore(pool).ApplyFailure(ctx, handling.FailureWrite{
+			StepUUID: step, From: statemachine.EnqueuedAsErrorForOrchestration, Event: &event,
+			BackoffSeconds: testdb.Ptr[int32](5),
+		})
+		require.ErrorIs(t, err, statemachine.ErrLostRace)
+		require.Equal(t, before, historyOf(t, pool, step))
+		require.Equal(t, beforeRow, stepRow())
+		if objects == testdb.WithSweeperObjects {
+			var scheduled bool
+			require.NoError(t, pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule
+				WHERE workflow_step_uuid = $1)`, step).Scan(&scheduled))
+			require.False(t, scheduled)
+		}
 	})
 }

@@ -168,24 +168,25 @@ SELECT $1, 'complete', 'in_progress', '{}', sort_key + 1, true, now(), now() FRO
 	})
 }
 
-// errorFallbackStep is a waiting step with no backoff columns and 5 of 10
-// attempts, whose last error was errorAgo ago: due 2^5 = 32 s after it.
-func errorFallbackStep(t *testing.T, pool *pgxpool.Pool, errorAgo time.Duration) (step uuid.UUID, dueAt time.Time) {
+// errorFallbackStep is a waiting step with no backoff columns and attempts
+// of 10, whose last error was errorAgo ago: due min(2^attempts, 60) s after it.
+func errorFallbackStep(t *testing.T, pool *pgxpool.Pool, attempts int32, errorAgo time.Duration) (step uuid.UUID, dueAt time.Time) {
 	t.Helper()
 	step = testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceHistory(t, pool, step, erroredThenWaiting, 0)
-	testdb.SetColumns(t, pool, step, testdb.StepColumns{Attempts: testdb.Ptr[int32](5), MaxAttempts: testdb.Ptr[int32](10)})
+	testdb.SetColumns(t, pool, step, testdb.StepColumns{Attempts: testdb.Ptr(attempts), MaxAttempts: testdb.Ptr[int32](10)})
 	require.NoError(t, pool.QueryRow(context.Background(), `
 UPDATE tasker.workflow_step_transitions SET created_at = now() - make_interval(secs => $2)
 WHERE workflow_step_uuid = $1 AND to_state = 'error'
-RETURNING created_at + interval '32 seconds'`, step, errorAgo.Seconds()).Scan(&dueAt))
+RETURNING created_at + least(power(2, $3::integer) * interval '1 second', interval '60 seconds')`,
+		step, errorAgo.Seconds(), attempts).Scan(&dueAt))
 	return step, dueAt
 }
 
 // Without backoff columns a step is due min(2^attempts, 60) s after its
-// last error, exactly, in every query that computes it: with 5 attempts,
-// an error 12 s ago is due in 20 s (16 s or 64 s would be wrong either way),
-// one 45 s ago is due.
+// last error, exactly, in every query that computes it. With 6 attempts an
+// error 40 s ago is due in 20 s (2^5 s would make it due already); with 5
+// attempts one 45 s ago is due (3^5 s, or 2^6 s, would not be).
 func TestErrorFallbackDueTime(t *testing.T) {
 	t.Parallel()
 	testdb.BothPaths(t, func(t *testing.T, objects testdb.Objects) {
@@ -193,22 +194,27 @@ func TestErrorFallbackDueTime(t *testing.T) {
 		ctx := context.Background()
 		store := db.NewStore(pool)
 		sw := newSweeper(pool)
-		notYet, notYetDue := errorFallbackStep(t, pool, 12*time.Second)
-		swept, sweptDue := errorFallbackStep(t, pool, 45*time.Second)
-		manual, _ := errorFallbackStep(t, pool, 45*time.Second)
+		notYet, notYetDue := errorFallbackStep(t, pool, 6, 40*time.Second)
+		swept, sweptDue := errorFallbackStep(t, pool, 5, 45*time.Second)
+		manual, _ := errorFallbackStep(t, pool, 5, 45*time.Second)
+		notYetManual, notYetManualDue := errorFallbackStep(t, pool, 6, 40*time.Second)
+		nextDue := notYetDue
+		if notYetManualDue.Before(nextDue) {
+			nextDue = notYetManualDue
+		}
 
 		for step, want := range map[uuid.UUID]time.Time{notYet: notYetDue, swept: sweptDue} {
 			status, err := store.StepDueStatus(ctx, step)
 			require.NoError(t, err)
 			require.Equal(t, want, status.DueAt)
 			due, reason := status.Due()
-			require.Equal(t, step != notYet, due, reason)
+			require.Equal(t, step == swept, due, reason)
 		}
 		counts, err := store.CountDue(ctx)
 		require.NoError(t, err)
-		require.Equal(t, sweeper.Counts{Due: 2, NotYetDue: 1, NextDueAt: notYetDue}, counts)
+		require.Equal(t, sweeper.Counts{Due: 2, NotYetDue: 2, NextDueAt: nextDue}, counts)
 
-		_, err = sw.MoveStep(ctx, notYet, false)
+		_, err = sw.MoveStep(ctx, notYetManual, false)
 		require.ErrorIs(t, err, sweeper.ErrNotDue)
 		_, err = sw.MoveStep(ctx, manual, false)
 		require.NoError(t, err)
@@ -217,7 +223,7 @@ func TestErrorFallbackDueTime(t *testing.T) {
 			// Adoption schedules each step at its real due time.
 			adopted, err := store.AdoptAll(ctx)
 			require.NoError(t, err)
-			require.Equal(t, 2, adopted.Adopted)
+			require.Equal(t, 3, adopted.Adopted)
 			for step, want := range map[uuid.UUID]time.Time{notYet: notYetDue, swept: sweptDue} {
 				row, ok := scheduleOf(t, pool, step)
 				require.True(t, ok)
@@ -295,4 +301,92 @@ func TestClaimsSkipLockedRows(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, len(held), sum.Transitioned, "released rows move on the next sweep")
 	})
+}
+
+// Adoption schedules a waiting step at its real due time: the backoff when
+// both columns are set, otherwise when it was parked; a step that is not
+// retry-eligible is marked stranded.
+func TestAdoptionSchedulesAtTheRealDueTime(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	ctx := context.Background()
+	i32 := testdb.Ptr[int32]
+	park := func(cols testdb.StepColumns) uuid.UUID {
+		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+		testdb.PlaceHistory(t, pool, step, toWaiting, 0)
+		testdb.SetColumns(t, pool, step, cols)
+		return step
+	}
+	backoff := park(testdb.StepColumns{Attempts: i32(1), LastAttemptedAgo: testdb.Ptr(10 * time.Second), BackoffRequestSeconds: i32(600)})
+	expired := park(testdb.StepColumns{Attempts: i32(1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
+	noBackoff := park(testdb.StepColumns{Attempts: i32(1)})
+	stranded := park(testdb.StepColumns{Attempts: i32(3), MaxAttempts: i32(3), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
+	// Waited once, retried, running again: not waiting, not adopted.
+	running := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+	testdb.PlaceHistory(t, pool, running, append(testdb.History(statemachine.WaitingForRetry),
+		statemachine.Pending, statemachine.Enqueued, statemachine.InProgress), 0)
+
+	adopted, err := db.NewStore(pool).AdoptAll(ctx)
+	require.NoError(t, err)
+	require.Equal(t, 4, adopted.Adopted)
+	_, ok := scheduleOf(t, pool, running)
+	require.False(t, ok, "only a current waiting_for_retry row is adopted")
+	for step, want := range map[uuid.UUID]string{
+		backoff:   `SELECT last_attempted_at + backoff_request_seconds * interval '1 second', false FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`,
+		expired:   `SELECT last_attempted_at + backoff_request_seconds * interval '1 second', false FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`,
+		noBackoff: `SELECT created_at, false FROM tasker.workflow_step_transitions WHERE workflow_step_uuid = $1 AND most_recent`,
+		stranded:  `SELECT last_attempted_at + backoff_request_seconds * interval '1 second', true FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`,
+	} {
+		var wantRow scheduleRow
+		require.NoError(t, pool.QueryRow(ctx, want, step).Scan(&wantRow.DueAt, &wantRow.Stranded))
+		row, ok := scheduleOf(t, pool, step)
+		require.True(t, ok)
+		require.Equal(t, wantRow, row, want)
+	}
+}
+
+// Re-evaluating stale schedule rows, a step whose parent is not finished
+// (no transitions at all counts as pending) is blocked and re-checked
+// later; one whose parent completed or was resolved is movable and left
+// for the claim.
+func TestRescheduleJudgesParents(t *testing.T) {
+	t.Parallel()
+	for name, tc := range map[string]struct {
+		parent  *statemachine.State // nil: no transitions
+		blocked bool
+	}{
+		"parent without transitions": {nil, true},
+		"parent in_progress":         {testdb.Ptr(statemachine.InProgress), true},
+		"parent complete":            {testdb.Ptr(statemachine.Complete), false},
+		"parent resolved_manually":   {testdb.Ptr(statemachine.ResolvedManually), false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			pool := testdb.New(t)
+			ctx := context.Background()
+			task := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 2, Edges: [][2]int{{0, 1}}})
+			if tc.parent != nil {
+				testdb.PlaceInState(t, pool, task.Steps[0], *tc.parent, 0)
+			}
+			child := task.Steps[1]
+			testdb.PlaceHistory(t, pool, child, toWaiting, 0)
+			testdb.SetColumns(t, pool, child, testdb.StepColumns{
+				Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1)})
+			staleSchedule(t, pool, []uuid.UUID{child})
+			before, _ := scheduleOf(t, pool, child)
+
+			res, err := db.NewStore(pool).Reschedule(ctx)
+			require.NoError(t, err)
+			row, ok := scheduleOf(t, pool, child)
+			require.True(t, ok)
+			require.False(t, row.Stranded)
+			if !tc.blocked {
+				require.Equal(t, sweeper.Rescheduled{}, res)
+				require.Equal(t, before, row, "a movable row is left for the claim")
+				return
+			}
+			require.Equal(t, sweeper.Rescheduled{Deferred: 1}, res)
+			require.True(t, row.DueAt.After(time.Now().UTC().Add(20*time.Second)), "a blocked step is re-checked later")
+		})
+	}
 }
