@@ -237,8 +237,12 @@ func TestErrorFallbackDueTime(t *testing.T) {
 		require.Equal(t, "waiting_for_retry", snapshot(t, pool, notYet).Current)
 
 		if objects == testdb.WithSweeperObjects {
-			// A stale hint is moved to the real due time.
+			// A stale hint: the claim still goes by the real due time, and
+			// the hint is moved to it.
 			staleSchedule(t, pool, []uuid.UUID{notYet})
+			batch, err := store.MoveDueBatch(ctx, sweeper.Batch{SweepID: uuid.New(), Number: 1, Limit: 10})
+			require.NoError(t, err)
+			require.Zero(t, batch.Claimed)
 			res, err := store.Reschedule(ctx)
 			require.NoError(t, err)
 			require.Equal(t, sweeper.Rescheduled{Deferred: 1}, res)
@@ -286,7 +290,7 @@ func TestClaimsSkipLockedRows(t *testing.T) {
 		}
 
 		// A claim that waited would run into the batch timeout.
-		sw := sweeper.New(store, sweeper.Config{BatchSize: 10, Workers: 1, BatchTimeout: 5 * time.Second}, discard, sweeper.Hooks{})
+		sw := sweeper.New(store, sweeper.Config{BatchSize: 10, Workers: 1, BatchTimeout: 10 * time.Second}, discard, sweeper.Hooks{})
 		sum, err := sw.RunOnce(ctx, false)
 		require.NoError(t, err)
 		require.Equal(t, len(steps)-len(held), sum.Transitioned)

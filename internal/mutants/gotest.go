@@ -62,33 +62,56 @@ func (r Runner) runPackage(parent context.Context, pkg, overlay string) (Outcome
 	args = append(args, pkg)
 	cmd := exec.CommandContext(ctx, r.Go, args...)
 	cmd.Dir = r.Dir
-	// A process group of its own, so a timeout or Ctrl-C kills the test
-	// binaries too (their PostgreSQL servers die with them).
+	// A process group of its own, so stopping it kills the test binaries
+	// too (their PostgreSQL servers die with them).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 10 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	runErr := cmd.Run()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return Outcome{}, fmt.Errorf("run go test %s: %w", pkg, err)
+	}
+	if err := cmd.Start(); err != nil {
+		return Outcome{}, fmt.Errorf("run go test %s: %w", pkg, err)
+	}
+	// The first failing test decides the mutant: the rest of the package
+	// (a parallel test the mutant made hang, say) is not waited for.
+	var p testParser
+	stopped := false
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 1024*1024), 16*1024*1024)
+	for sc.Scan() {
+		p.feed(sc.Bytes())
+		if p.out.By != "" && !stopped {
+			stopped = true
+			cancel()
+		}
+	}
+	_, _ = io.Copy(io.Discard, stdout)
+	runErr := cmd.Wait()
+	out := p.outcome()
 	switch {
 	case parent.Err() != nil:
 		return Outcome{}, fmt.Errorf("go test %s: %w", pkg, parent.Err())
+	case stopped:
 	case ctx.Err() != nil:
 		return Outcome{Failed: true, By: fmt.Sprintf("killed after %s (%s)", limit, pkg)}, nil
-	}
-	out := parseTestJSON(stdout.Bytes())
-	var exitErr *exec.ExitError
-	switch {
 	case runErr == nil && !out.Failed:
 		return Outcome{}, nil
-	case runErr != nil && !errors.As(runErr, &exitErr):
+	case runErr != nil && !errors.As(runErr, new(*exec.ExitError)):
 		return Outcome{}, fmt.Errorf("run go test %s: %w", pkg, runErr)
 	}
 	if r.Log != nil {
-		fmt.Fprintf(r.Log, "--- go test %s\n%s%s", pkg, testOutput(stdout.Bytes()), stderr.String())
+		fmt.Fprintf(r.Log, "--- go test %s\n%s%s", pkg, p.text.String(), stderr.String())
 	}
 	if out.By == "" {
-		out.By = "package " + pkg + ": " + lastLine(stderr.String())
+		why := lastLine(stderr.String())
+		if why == "" {
+			why = lastLine(p.text.String())
+		}
+		out.By = "package " + pkg + ": " + why
 	}
 	out.Failed = true
 	return out, nil
@@ -101,62 +124,68 @@ type testEvent struct {
 	Output string
 }
 
-// parseTestJSON reads go test -json output: the first test to fail, else a
-// timeout panic and the tests it names, else a failed package.
-func parseTestJSON(raw []byte) Outcome {
-	var out Outcome
-	var timedOut bool
-	var running []string
-	inRunning := false
-	sc := bufio.NewScanner(bytes.NewReader(raw))
-	sc.Buffer(make([]byte, 1024*1024), 16*1024*1024)
-	for sc.Scan() {
-		var ev testEvent
-		if json.Unmarshal(sc.Bytes(), &ev) != nil {
-			continue
+// testParser reads go test -json output as it comes: the first test to
+// fail, else a timeout panic and the tests it names, else a failed package.
+type testParser struct {
+	out       Outcome
+	timedOut  bool
+	inRunning bool
+	running   []string
+	text      strings.Builder // the output go test would print without -json
+}
+
+func (p *testParser) feed(line []byte) {
+	var ev testEvent
+	if json.Unmarshal(line, &ev) != nil {
+		return
+	}
+	switch ev.Action {
+	case "fail", "build-fail":
+		p.out.Failed = true
+		if ev.Test != "" && p.out.By == "" {
+			p.out.By = ev.Test
+			if p.timedOut {
+				p.out.By = p.timeout()
+			}
 		}
-		switch ev.Action {
-		case "fail", "build-fail":
-			out.Failed = true
-			if ev.Test != "" && out.By == "" {
-				out.By = ev.Test
-			}
-		case "output", "build-output":
-			line := strings.TrimRight(ev.Output, "\n")
-			switch {
-			case strings.HasPrefix(line, "panic: test timed out"):
-				timedOut = true
-			case timedOut && strings.TrimSpace(line) == "running tests:":
-				inRunning = true
-			case inRunning && strings.HasPrefix(line, "\t"):
-				running = append(running, strings.Fields(line)[0])
-			default:
-				inRunning = false
-			}
+	case "output", "build-output":
+		p.text.WriteString(ev.Output)
+		text := strings.TrimRight(ev.Output, "\n")
+		switch {
+		case strings.HasPrefix(text, "panic: test timed out"):
+			p.timedOut = true
+		case p.timedOut && strings.TrimSpace(text) == "running tests:":
+			p.inRunning = true
+		case p.inRunning && strings.HasPrefix(text, "\t") && strings.TrimSpace(text) != "":
+			p.running = append(p.running, strings.Fields(text)[0])
+		default:
+			p.inRunning = false
 		}
 	}
-	if timedOut {
-		out.Failed = true
-		out.By = "timeout"
-		if len(running) > 0 {
-			out.By += ": " + strings.Join(running, ", ")
-		}
+}
+
+func (p *testParser) timeout() string {
+	if len(p.running) == 0 {
+		return "timeout"
+	}
+	return "timeout: " + strings.Join(p.running, ", ")
+}
+
+func (p *testParser) outcome() Outcome {
+	out := p.out
+	if p.timedOut && out.By == "" {
+		out.Failed, out.By = true, p.timeout()
 	}
 	return out
 }
 
-// testOutput is the text go test would have printed without -json.
-func testOutput(raw []byte) string {
-	var b strings.Builder
-	sc := bufio.NewScanner(bytes.NewReader(raw))
-	sc.Buffer(make([]byte, 1024*1024), 16*1024*1024)
-	for sc.Scan() {
-		var ev testEvent
-		if json.Unmarshal(sc.Bytes(), &ev) == nil && (ev.Action == "output" || ev.Action == "build-output") {
-			b.WriteString(ev.Output)
-		}
+// parseTestJSON is testParser over a whole output.
+func parseTestJSON(raw []byte) Outcome {
+	var p testParser
+	for _, line := range bytes.Split(raw, []byte("\n")) {
+		p.feed(line)
 	}
-	return b.String()
+	return p.outcome()
 }
 
 func lastLine(s string) string {
