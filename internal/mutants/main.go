@@ -108,7 +108,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail(fmt.Errorf("create work directory: %w", err))
 	}
-	defer os.RemoveAll(tmp)
+	defer func() { _ = os.RemoveAll(tmp) }()
 	// Ctrl-C stops the go test in flight (its process group) and still
 	// prints what was found so far.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -138,8 +138,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	runner := Runner{Go: goCommand(), Dir: root, Timeout: *timeout, Log: log}
 	start := time.Now()
-	fmt.Fprintf(stdout, "baseline: the unmutated tests (%s)\n", strings.Join(defaultPackages, " "))
-	base, err := runner.Run(ctx, allPackages(mutations), "")
+	all := allPackages(mutations)
+	fmt.Fprintf(stdout, "baseline: the unmutated tests (%s)\n", strings.Join(all, " "))
+	base, err := runner.Run(ctx, all, "")
 	if err != nil {
 		return fail(err)
 	}
@@ -172,6 +173,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "[%d/%d] %s: %s %s (%s)\n", i+1, len(results), r.Mutation.Key(), r.Status, r.Detail, r.Took.Round(time.Second))
 	}
+	code := report(stdout, results, runErr)
+	fmt.Fprintf(stdout, "took %s\n", time.Since(start).Round(time.Second))
+	// The overlays never touch the working tree; make sure of it.
 	after, err := fingerprint(queries)
 	switch {
 	case err != nil:
@@ -182,8 +186,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if clean, ok := gitClean(root, *dir); cleanBefore && ok && !clean {
 		return fail(fmt.Errorf("git diff: %s changed during the run", *dir))
 	}
-	code := report(stdout, results, runErr)
-	fmt.Fprintf(stdout, "took %s\n", time.Since(start).Round(time.Second))
 	return code
 }
 
@@ -192,7 +194,7 @@ func readList(path string) ([]Mutation, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open mutation list: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	ms, err := ParseList(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -272,7 +274,7 @@ func report(w io.Writer, results []Result, runErr error) int {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", r.Mutation.Key(), status, r.Detail, took)
 	}
-	tw.Flush()
+	_ = tw.Flush()
 	if runErr != nil {
 		fmt.Fprintln(w, "stopped:", runErr)
 	}
