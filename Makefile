@@ -59,7 +59,7 @@ test: ## Run every test with -race (starts a throwaway PostgreSQL unless TEST_DA
 	$(GO) test -race -count=1 $(TESTFLAGS) ./...
 
 .PHONY: mutants
-mutants: ## Mutation test of the SQL (db/queries/mutants.txt): every mutant must fail a test (~MINUTES min; MUTANTSFLAGS='-run Claim' for some, '-check' to only check the list)
+mutants: ## Mutation test of the SQL (db/queries/mutants.txt): every mutant must fail a test (~12 min on 2 cores; MUTANTSFLAGS='-run Claim' for some, '-check' to only check the list)
 	$(GO) run ./internal/mutants $(MUTANTSFLAGS)
 
 .PHONY: ci
