@@ -9,6 +9,7 @@ LINT    := $(BIN)/golangci-lint
 TESTFLAGS ?=
 BENCHFLAGS ?=
 CHAOSFLAGS ?=
+MUTANTSFLAGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -67,6 +68,10 @@ lint: $(LINT) ## golangci-lint
 .PHONY: test
 test: ## Run every test with -race (starts a throwaway PostgreSQL unless TEST_DATABASE_URL is set)
 	$(GO) test -race -count=1 $(TESTFLAGS) ./...
+
+.PHONY: mutants
+mutants: ## Mutation test of the SQL (db/queries/mutants.txt): every mutant must fail a test (~12 min on 2 cores; MUTANTSFLAGS='-run Claim' for some, '-check' to only check the list)
+	$(GO) run ./internal/mutants $(MUTANTSFLAGS)
 
 .PHONY: ci
 ci: check-generated vet lint test ## Everything CI checks
