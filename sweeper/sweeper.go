@@ -129,7 +129,9 @@ func (r Reconciliation) Corrected() int64 {
 }
 
 // Store is what a sweep needs from the database. Each sweep path has its
-// own implementation; none branches on the path.
+// own implementation; none branches on the path. Its errors name the
+// operation that failed ("count due steps: ..."), so a sweep passes them on
+// without saying it again.
 type Store interface {
 	// Path says how due steps are found.
 	Path(ctx context.Context) (Path, error)
@@ -312,7 +314,7 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 	if sum.DryRun {
 		counts, err := s.store.CountDue(ctx)
 		if err != nil {
-			return fmt.Errorf("count due steps: %w", err)
+			return err
 		}
 		sum.Transitioned = int(counts.Due)
 		sum.Stranded = counts.Stranded
@@ -323,7 +325,7 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 		return fmt.Errorf("prepare sweep: %w", err)
 	}
 	sum.Adopted = prep.Adopted
-	if prep.Reconciled != nil {
+	if prep.Reconciled != nil && prep.Reconciled.Ran {
 		s.logReconciliation(*prep.Reconciled)
 	}
 	if prep.Adopted > 0 {
@@ -334,7 +336,7 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 	}
 	stranded, sample, err := s.store.Stranded(ctx, strandedSampleSize)
 	if err != nil {
-		return fmt.Errorf("count stranded steps: %w", err)
+		return err
 	}
 	sum.Stranded = stranded
 	if stranded > 0 {
@@ -358,7 +360,7 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 	// (the claims skip locked rows) or fell due in the last moments.
 	left, err := s.store.CountDueLeft(ctx)
 	if err != nil {
-		return fmt.Errorf("count due steps left: %w", err)
+		return err
 	}
 	sum.SkippedLocked = left
 	return nil
@@ -376,7 +378,7 @@ func (s *Sweeper) Reconcile(ctx context.Context, olderThan time.Duration) (Recon
 	}
 	res, err := r.Reconcile(ctx, olderThan)
 	if err != nil {
-		return res, fmt.Errorf("reconcile the schedule: %w", err)
+		return res, err
 	}
 	if res.Ran {
 		s.logReconciliation(res)
