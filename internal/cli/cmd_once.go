@@ -40,7 +40,7 @@ func runOnce(ctx context.Context, e env, args []string) error {
 	if err := checkSweepConfig(cfg); err != nil {
 		return err
 	}
-	logger, err := logCfg.logger(e.stderr)
+	logger, err := logCfg.oneShotLogger(e.stderr)
 	if err != nil {
 		return err
 	}

@@ -3,6 +3,11 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -13,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tasker-sweeper/retrysweeper/internal/pgserver"
 	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 )
@@ -239,4 +245,185 @@ func TestOnceJSONWithoutError(t *testing.T) {
 	sum := decodeSummary(t, res.stdout)
 	require.NotContains(t, sum, "error")
 	require.EqualValues(t, 1, sum["transitioned"])
+}
+
+// jsonRecords parses JSON log lines, skipping lines that are not JSON.
+func jsonRecords(t *testing.T, logs string) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, line := range strings.Split(logs, "\n") {
+		var rec map[string]any
+		if json.Unmarshal([]byte(line), &rec) == nil {
+			out = append(out, rec)
+		}
+	}
+	return out
+}
+
+func recordWith(recs []map[string]any, msgPrefix string) map[string]any {
+	for _, r := range recs {
+		if msg, _ := r["msg"].(string); strings.HasPrefix(msg, msgPrefix) {
+			return r
+		}
+	}
+	return nil
+}
+
+// `sweeper run` logs one start-up line with the effective configuration:
+// where the database is (never its password), the sweep path, the
+// schedule and its next time, the sweep and admin settings (whether a token
+// is set, never the token) and the durations as duration strings.
+func TestRunLogsTheEffectiveConfigurationOnce(t *testing.T) {
+	t.Parallel()
+	_, dbURL := testdb.NewWithURL(t)
+	u, err := url.Parse(dbURL)
+	require.NoError(t, err)
+	password, ok := u.User.Password()
+	require.True(t, ok, "the test database URL has a password to hide")
+	const token = "s3cret-admin-token"
+	d := startDaemon(t, []string{"DATABASE_URL=" + dbURL, "SWEEPER_ADMIN_TOKEN=" + token},
+		"--http-addr", "127.0.0.1:0", "--schedule", "@every 1h", "--workers", "3", "--batch-size", "250",
+		"--reconcile-interval", "7m", "--shutdown-grace", "12s", "--log-format", "json")
+	addr := receive(t, d.addr, 10*time.Second, "the admin API")
+	require.Equal(t, 0, d.stop(t), d.logs.String())
+	logs := d.logs.String()
+	require.NotContains(t, logs, password, "never the database password")
+	require.NotContains(t, logs, token, "never the admin token")
+
+	recs := jsonRecords(t, logs)
+	var starts []map[string]any
+	for _, r := range recs {
+		if r["msg"] == "sweeper running" {
+			starts = append(starts, r)
+		}
+	}
+	require.Len(t, starts, 1, logs)
+	start := starts[0]
+	require.Equal(t, "INFO", start["level"])
+	require.Equal(t, net.JoinHostPort(u.Hostname(), u.Port()), start["db_host"])
+	require.Equal(t, strings.TrimPrefix(u.Path, "/"), start["db_name"])
+	require.Equal(t, u.User.Username(), start["db_user"])
+	require.Equal(t, "schedule", start["sweep_path"])
+	require.Equal(t, "@every 1h", start["schedule"])
+	next, err := time.Parse(time.RFC3339Nano, start["next_sweep_at"].(string))
+	require.NoError(t, err)
+	require.WithinDuration(t, time.Now().Add(time.Hour), next, time.Minute)
+	require.EqualValues(t, 250, start["batch_size"])
+	require.EqualValues(t, 3, start["workers"])
+	require.Equal(t, addr, start["http_addr"])
+	require.Equal(t, true, start["admin_token_set"])
+	require.Equal(t, "7m0s", start["reconcile_interval"])
+	require.Equal(t, "12s", start["shutdown_grace"])
+	require.Equal(t, "30s", start["batch_timeout"])
+
+	// No duration anywhere in the log is a count of nanoseconds.
+	for _, r := range recs {
+		for key, v := range r {
+			if n, isNum := v.(float64); isNum {
+				require.Less(t, n, 1e9, "%s=%v in %v: a duration in nanoseconds?", key, v, r["msg"])
+			}
+		}
+	}
+}
+
+// With the database down at start the line still comes, the path unknown;
+// the first failed check says why, and the recovery is logged.
+func TestRunLogsTheOutageWithItsCause(t *testing.T) {
+	t.Parallel()
+	port := freePort(t)
+	dbURL := fmt.Sprintf("postgres://postgres:hunter2@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=2", port)
+	d := startDaemon(t, []string{"DATABASE_URL=" + dbURL},
+		"--http-addr", "127.0.0.1:0", "--schedule", "@every 1s", "--log-format", "json")
+	receive(t, d.addr, 10*time.Second, "the admin API")
+	srv, err := pgserver.Start(context.Background(), pgserver.Options{Port: port})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, srv.Stop()) }()
+	receive(t, d.up, 10*time.Second, "readiness after the database started")
+	receive(t, d.sweeps, 10*time.Second, "a sweep once the database answers")
+	require.Equal(t, 0, d.stop(t), d.logs.String())
+
+	logs := d.logs.String()
+	require.NotContains(t, logs, "hunter2")
+	recs := jsonRecords(t, logs)
+	start := recordWith(recs, "sweeper running")
+	require.NotNil(t, start, logs)
+	require.Contains(t, start["sweep_path"], "unknown")
+	down := recordWith(recs, "database unreachable at start")
+	require.NotNil(t, down, logs)
+	require.Equal(t, "WARN", down["level"])
+	require.Contains(t, down["error"], "127.0.0.1", "the cause: %v", down["error"])
+	back := recordWith(recs, "database reachable again")
+	require.NotNil(t, back, logs)
+	require.NotEmpty(t, back["down_for"])
+	require.NotNil(t, recordWith(recs, "sweep path: "), "the path, once known")
+}
+
+// The outage log: the first failure with its cause, a reminder every five
+// minutes while it lasts (not on every check), and the recovery.
+func TestOutageLogRepeatsEveryFiveMinutes(t *testing.T) {
+	t.Parallel()
+	var buf syncBuffer
+	o := newOutageLog(slog.New(slog.NewJSONHandler(&buf, nil)))
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	o.now = func() time.Time { return now }
+	msgs := func() []string {
+		var out []string
+		for _, r := range jsonRecords(t, buf.String()) {
+			out = append(out, r["msg"].(string))
+		}
+		return out
+	}
+	o.record(nil)
+	refused := errors.New("dial tcp 10.0.0.5:5432: connect: connection refused")
+	for range 601 { // a check every second, from 0 s to 600 s
+		o.record(refused)
+		now = now.Add(time.Second)
+	}
+	o.record(nil)
+	o.record(nil)
+	require.Equal(t, []string{
+		"database reachable",
+		"database unreachable; sweeps paused until it answers",
+		"database still unreachable; sweeps paused",
+		"database still unreachable; sweeps paused",
+		"database reachable again; sweeps resume",
+	}, msgs())
+	recs := jsonRecords(t, buf.String())
+	require.Len(t, recs, 5, "10 minutes down: the failure, reminders at 5 and 10 minutes, the recovery")
+	require.Equal(t, refused.Error(), recs[1]["error"])
+	require.Equal(t, "5m0s", recs[2]["down_for"])
+	require.EqualValues(t, 301, recs[2]["failed_checks"])
+	require.Equal(t, "10m0s", recs[3]["down_for"])
+	require.EqualValues(t, 601, recs[3]["failed_checks"])
+	require.Equal(t, "database reachable again; sweeps resume", recs[4]["msg"])
+	require.Equal(t, "10m1s", recs[4]["down_for"])
+	require.EqualValues(t, 601, recs[4]["failed_checks"])
+}
+
+// One-shot commands print their result on stdout; at the default level
+// their log says only what is wrong. Asked for, the details are debug.
+func TestOneShotCommandsLogOnlyWhatIsWrong(t *testing.T) {
+	t.Parallel()
+	pool, url := testdb.NewWithURL(t)
+	testdb.SeedDue(t, pool, 2)
+	env := []string{"DATABASE_URL=" + url}
+	once := runCLI(t, env, "once", "--log-format", "json")
+	require.Equal(t, 0, once.code, once.stderr)
+	require.Contains(t, once.stdout, "2 step(s) moved to pending")
+	require.Empty(t, once.stderr, "nothing was wrong")
+	for _, args := range [][]string{{"reconcile", "--log-format", "json"}, {"migrate", "--log-format", "json"}, {"status"}} {
+		res := runCLI(t, env, args...)
+		require.Equal(t, 0, res.code, "%v: %s", args, res.stderr)
+		require.NotEmpty(t, res.stdout, args)
+		require.Empty(t, res.stderr, "%v: nothing was wrong", args)
+	}
+
+	testdb.SeedDue(t, pool, 1)
+	debug := runCLI(t, env, "once", "--log-format", "json", "--log-level", "debug")
+	require.Equal(t, 0, debug.code, debug.stderr)
+	recs := jsonRecords(t, debug.stderr)
+	path := recordWith(recs, "sweep path: schedule")
+	require.NotNil(t, path, debug.stderr)
+	require.Equal(t, "DEBUG", path["level"])
+	require.Equal(t, "DEBUG", recordWith(recs, "sweep finished")["level"])
 }
