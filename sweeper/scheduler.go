@@ -117,7 +117,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 		case !warned:
 			warned = true
 			s.logger.Warn("the schedule gives no next sweep time after now; no scheduled sweeps until it does",
-				slog.Time("next", next), slog.Duration("recheck_every", minScheduleWait))
+				slog.Time("next", next), slog.String("recheck_every", minScheduleWait.String()))
 			fallthrough
 		default:
 			wait = minScheduleWait

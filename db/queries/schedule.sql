@@ -391,6 +391,15 @@ SELECT watermark, last_full_pass, now()::timestamp AS db_now
 FROM tasker_sweeper.adoption WHERE id = 1
 FOR UPDATE SKIP LOCKED;
 
+-- name: AdoptionLockWait :one
+-- The same, waiting for a replica that holds the row: before the first pass
+-- on a database has completed the schedule holds only what the inline
+-- handler wrote, so the first sweep waits for a pass in flight rather than
+-- sweep (and count stranded steps on) a schedule that is not filled yet.
+SELECT watermark, last_full_pass, now()::timestamp AS db_now
+FROM tasker_sweeper.adoption WHERE id = 1
+FOR UPDATE;
+
 -- name: AdoptionAdvance :exec
 -- Moves the watermark forward (never back). Skipped while another
 -- transaction holds the row (a replica's reconcile pass, which advances it

@@ -184,6 +184,12 @@ func New(d Deps) http.Handler {
 func (a *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
+	var au *audit
+	if r.Method == http.MethodPost {
+		// State-changing: logged at info, with what came of it (audit.go).
+		r, au = withAudit(r)
+		rec.keep = auditBodyLimit
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			if err, ok := p.(error); ok && errors.Is(err, http.ErrAbortHandler) {
@@ -197,10 +203,17 @@ func (a *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				writeError(rec, http.StatusInternalServerError, codeInternal, "internal error: handler panicked")
 			}
 		}
-		a.Logger.LogAttrs(r.Context(), slog.LevelDebug, "admin API request",
+		level, attrs := slog.LevelDebug, []slog.Attr{
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.Int("status", rec.status()),
-			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
+			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+		}
+		if au != nil {
+			if line, ok := au.lineAttrs(r, rec.status(), rec.body); ok {
+				level, attrs = slog.LevelInfo, append(attrs, line...)
+			}
+		}
+		a.Logger.LogAttrs(r.Context(), level, "admin API request", attrs...)
 	}()
 
 	if !strings.HasPrefix(r.URL.Path, "/") {
@@ -348,6 +361,8 @@ func (a *server) reportFailure(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSON(w, r, &req) {
 		return
 	}
+	auditNote(r, slog.String("kind", req.Kind), slog.Any("retryable", req.Retryable),
+		slog.String("retry_after", string(req.RetryAfter)), slog.Int("http_status", req.HTTPStatus))
 	if req.HTTPStatus != 0 && (req.HTTPStatus < 100 || req.HTTPStatus > 599) {
 		writeError(w, http.StatusBadRequest, codeBadRequest,
 			fmt.Sprintf("invalid http_status %d: want 100-599, or 0 for none", req.HTTPStatus))
@@ -768,6 +783,9 @@ type statusRecorder struct {
 	http.ResponseWriter
 	code        int
 	wroteHeader bool
+	// keep is how much of the body to keep in body (the audit log's).
+	keep int
+	body []byte
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -780,6 +798,9 @@ func (s *statusRecorder) WriteHeader(code int) {
 func (s *statusRecorder) Write(b []byte) (int, error) {
 	if !s.wroteHeader {
 		s.WriteHeader(http.StatusOK)
+	}
+	if room := s.keep - len(s.body); room > 0 {
+		s.body = append(s.body, b[:min(room, len(b))]...)
 	}
 	return s.ResponseWriter.Write(b)
 }

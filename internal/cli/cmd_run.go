@@ -236,9 +236,11 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	}), admin.DefaultLimits(), logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(listener) }()
-	logger.Info("sweeper running",
-		slog.String("http_addr", listener.Addr().String()), slog.String("schedule", cfg.schedule),
-		slog.Int("batch_size", cfg.sweep.BatchSize), slog.Int("workers", cfg.sweep.Workers))
+	// The one start-up line: the effective configuration (startupAttrs).
+	// The build's version and the ops listener's address go in as extra
+	// attributes: slog.String("version", ...), slog.String("ops_addr", ...).
+	logger.LogAttrs(ctx, slog.LevelInfo, "sweeper running",
+		startupAttrs(ctx, cfg, &poolCfg.ConnConfig.Config, store, listener.Addr().String())...)
 	if hooks.started != nil {
 		hooks.started(listener.Addr().String())
 	}

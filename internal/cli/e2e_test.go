@@ -106,16 +106,20 @@ func TestBadConfigurationExits2WithOneLineNamingTheFlag(t *testing.T) {
 
 func TestUsageHelpAndUnknownCommands(t *testing.T) {
 	t.Parallel()
+	// No command is a usage error: the usage on stderr, exit 2.
 	none := runCLI(t, nil)
 	require.Equal(t, 2, none.code)
-	require.Contains(t, none.stdout, "usage: sweeper <command>")
+	require.Empty(t, none.stdout)
+	require.Contains(t, none.stderr, "usage: sweeper <command>")
 	for _, name := range []string{"run", "once", "status", "fail", "reconcile", "migrate", "demo"} {
-		require.Contains(t, none.stdout, "  "+name+" ")
+		require.Contains(t, none.stderr, "  "+name+" ")
 	}
 
+	// Asked for, it is the answer: stdout, exit 0.
 	help := runCLI(t, nil, "help")
 	require.Equal(t, 0, help.code)
-	require.Equal(t, none.stdout, help.stdout)
+	require.Empty(t, help.stderr)
+	require.Equal(t, none.stderr, help.stdout)
 
 	flagHelp := runCLI(t, nil, "once", "-h")
 	require.Equal(t, 0, flagHelp.code, flagHelp.stderr)

@@ -53,6 +53,29 @@ func (q *Queries) AdoptionLock(ctx context.Context) (AdoptionLockRow, error) {
 	return i, err
 }
 
+const adoptionLockWait = `-- name: AdoptionLockWait :one
+SELECT watermark, last_full_pass, now()::timestamp AS db_now
+FROM tasker_sweeper.adoption WHERE id = 1
+FOR UPDATE
+`
+
+type AdoptionLockWaitRow struct {
+	Watermark    *time.Time
+	LastFullPass *time.Time
+	DbNow        time.Time
+}
+
+// The same, waiting for a replica that holds the row: before the first pass
+// on a database has completed the schedule holds only what the inline
+// handler wrote, so the first sweep waits for a pass in flight rather than
+// sweep (and count stranded steps on) a schedule that is not filled yet.
+func (q *Queries) AdoptionLockWait(ctx context.Context) (AdoptionLockWaitRow, error) {
+	row := q.db.QueryRow(ctx, adoptionLockWait)
+	var i AdoptionLockWaitRow
+	err := row.Scan(&i.Watermark, &i.LastFullPass, &i.DbNow)
+	return i, err
+}
+
 const adoptionState = `-- name: AdoptionState :one
 SELECT watermark, last_full_pass, now()::timestamp AS db_now
 FROM tasker_sweeper.adoption WHERE id = 1
