@@ -106,6 +106,11 @@ func (r Runner) runPackage(parent context.Context, pkg, overlay string) (Outcome
 	if r.Log != nil {
 		fmt.Fprintf(r.Log, "--- go test %s\n%s%s", pkg, p.text.String(), stderr.String())
 	}
+	if out.By == "" && (strings.Contains(p.text.String(), "[build failed]") || strings.Contains(p.text.String(), "[setup failed]")) {
+		// A change to a string constant cannot break the build: the tree
+		// changed under the run, and nothing can be said of this mutant.
+		return Outcome{}, fmt.Errorf("go test %s did not build: %s", pkg, lastLine(stderr.String()))
+	}
 	if out.By == "" {
 		why := lastLine(stderr.String())
 		if why == "" {
