@@ -65,6 +65,7 @@ func commands() []command {
 		{"reconcile", "make the retry schedule match the tasker tables now, and say what it corrected", runReconcile},
 		{"migrate", "apply the sweeper's database migrations", runMigrate},
 		{"demo", "run the daemon against a throwaway PostgreSQL with demo data", runDemo},
+		{"version", "print the version, VCS revision and Go version (also --version)", runVersion},
 	}
 }
 
@@ -76,6 +77,9 @@ func run(ctx context.Context, e env, args []string) int {
 			return exitUsage
 		}
 		return exitOK
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {
