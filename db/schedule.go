@@ -191,6 +191,14 @@ func reconcileDue(last *time.Time, now time.Time, olderThan time.Duration) bool 
 	return last == nil || now.Sub(*last) >= olderThan
 }
 
+func (s *scheduleStore) backlog(ctx context.Context) (sweeper.Backlog, error) {
+	row, err := s.q.ScheduleBacklog(ctx, s.now())
+	if err != nil {
+		return sweeper.Backlog{}, fmt.Errorf("count the backlog: %w", asSentinel(err))
+	}
+	return sweeper.Backlog{Waiting: row.Waiting, Due: row.Due, OldestDueAt: row.OldestDueAt, DBNow: row.DbNow}, nil
+}
+
 func (s *scheduleStore) countDueLeft(ctx context.Context) (int64, error) {
 	n, err := s.q.ScheduleCountDueLeft(ctx, s.now())
 	if err != nil {

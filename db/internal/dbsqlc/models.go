@@ -42,6 +42,13 @@ type TaskerSweeperRetrySchedule struct {
 	UpdatedAt        time.Time
 }
 
+type TaskerSweeperSchemaVersion struct {
+	ID        int32
+	VersionID int64
+	IsApplied bool
+	Tstamp    time.Time
+}
+
 type TaskerTask struct {
 	TaskUUID            uuid.UUID
 	NamedTaskUUID       uuid.UUID
