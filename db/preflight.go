@@ -2,12 +2,14 @@ package db
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pressly/goose/v3"
 
 	"github.com/tasker-sweeper/retrysweeper/db/migrations"
@@ -37,6 +39,13 @@ func KnownSweeperVersion() (int64, error) {
 	return known, nil
 }
 
+// The relations the schedule path needs, as SchedulePresent looks for them
+// (schedule.sql.tmpl).
+const (
+	scheduleTable = "tasker_sweeper.retry_schedule"
+	scheduleIndex = "tasker.tasker_sweeper_waiting_unscheduled"
+)
+
 // Preflight asks the database what the readiness rule needs to know (see
 // preflight.Facts), in one read-only transaction of catalog reads. A
 // failure to ask (unreachable, timed out) is Facts.Err.
@@ -48,7 +57,9 @@ func (s *Store) Preflight(ctx context.Context) preflight.Facts {
 	})
 	f.Elapsed = time.Since(start)
 	if err != nil {
-		return preflight.Facts{Err: asSentinel(err), Elapsed: f.Elapsed, VersionTable: f.VersionTable}
+		var pgErr *pgconn.PgError
+		return preflight.Facts{Err: asSentinel(err), ServerError: errors.As(err, &pgErr),
+			Elapsed: f.Elapsed, VersionTable: f.VersionTable}
 	}
 	return f
 }
@@ -76,7 +87,7 @@ func (s *Store) preflightFacts(ctx context.Context, tx pgx.Tx, f *preflight.Fact
 			names = append(names, n.Qualified())
 		}
 	}
-	names = append(names, f.VersionTable)
+	names = append(names, f.VersionTable, scheduleIndex)
 	rels, err := q.PreflightRelations(ctx, names)
 	if err != nil {
 		return fmt.Errorf("look up the tables: %w", err)
@@ -91,6 +102,10 @@ func (s *Store) preflightFacts(ctx context.Context, tx pgx.Tx, f *preflight.Fact
 		}
 	}
 
+	_, hasIndex := f.Relations[scheduleIndex]
+	_, hasTable := f.Relations[scheduleTable]
+	f.ScheduleInstalled = hasTable && hasIndex
+	delete(f.Relations, scheduleIndex)
 	if vt, ok := f.Relations[f.VersionTable]; ok {
 		f.VersionTableExists = true
 		f.VersionReadable = vt.Privileges["SELECT"]
@@ -100,9 +115,6 @@ func (s *Store) preflightFacts(ctx context.Context, tx pgx.Tx, f *preflight.Fact
 		if f.SweeperVersion, err = q.PreflightSweeperVersion(ctx); err != nil {
 			return fmt.Errorf("read %s: %w", f.VersionTable, err)
 		}
-	}
-	if f.ScheduleInstalled, err = q.SchedulePresent(ctx); err != nil {
-		return fmt.Errorf("look for the sweeper-owned objects: %w", err)
 	}
 	return nil
 }

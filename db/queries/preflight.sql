@@ -17,8 +17,9 @@ FROM pg_catalog.pg_namespace n
 WHERE n.nspname = ANY(@schemas::text[]);
 
 -- name: PreflightRelations :many
--- The relations asked about (schema.table) that exist, with their columns
--- and the role's privileges on each.
+-- The relations asked about (schema.name: tables, views, indexes) that
+-- exist, with their columns and the role's privileges on each. Unlike
+-- to_regclass, a catalog lookup works in a schema the role may not use.
 SELECT
     n.nspname::text AS schema_name,
     c.relname::text AS table_name,
@@ -31,7 +32,7 @@ SELECT
     has_table_privilege(c.oid, 'DELETE')::boolean AS can_delete
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'v', 'f', 'm')
+WHERE c.relkind IN ('r', 'p', 'v', 'f', 'm', 'i')
   AND n.nspname || '.' || c.relname = ANY(@relations::text[]);
 
 -- name: PreflightSweeperVersion :one

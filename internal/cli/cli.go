@@ -61,6 +61,7 @@ func commands() []command {
 		{"run", "run the daemon: scheduled sweeps and the HTTP admin API", runDaemon},
 		{"once", "run one sweep now and print its summary", runOnce},
 		{"status", "print step counts per state, due and stranded steps", runStatus},
+		{"check", "check the database is ready for the sweeper: tables, grants, schema version", runCheck},
 		{"fail", "report one step failure to the inline handler", runFail},
 		{"reconcile", "make the retry schedule match the tasker tables now, and say what it corrected", runReconcile},
 		{"migrate", "apply the sweeper's database migrations", runMigrate},

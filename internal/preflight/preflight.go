@@ -77,8 +77,11 @@ type Relation struct {
 // Facts are what the database said about itself, gathered in one probe.
 type Facts struct {
 	// Err is set when the probe failed (unreachable, timed out, refused):
-	// nothing else is known.
-	Err error
+	// nothing else is known. ServerError says the server answered it with
+	// an error (authentication, a missing database, a privilege) rather
+	// than not answering.
+	Err         error
+	ServerError bool
 	// Elapsed is how long the probe took.
 	Elapsed time.Duration
 	// ServerVersion and User describe the session.
@@ -166,9 +169,12 @@ func (r Report) Summary() string {
 func Evaluate(f Facts, opts Options) Report {
 	var checks []Check
 	path := ""
-	if f.Err != nil {
+	switch {
+	case f.Err != nil && f.ServerError:
+		checks = append(checks, Check{CheckDatabase, false, "the server refused the probe: " + f.Err.Error()})
+	case f.Err != nil:
 		checks = append(checks, Check{CheckDatabase, false, "unreachable: " + f.Err.Error()})
-	} else {
+	default:
 		checks = append(checks,
 			Check{CheckDatabase, true, fmt.Sprintf("PostgreSQL %s as %s, answered in %s",
 				f.ServerVersion, f.User, f.Elapsed.Round(100*time.Microsecond))},

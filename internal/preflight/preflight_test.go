@@ -72,6 +72,10 @@ func TestUnreachableDatabaseIsOneFailedCheck(t *testing.T) {
 	require.Equal(t, []string{CheckDatabase, CheckSweeps}, names(r), "nothing else can be known")
 	require.Equal(t, "not ready: database: unreachable: dial tcp 127.0.0.1:1: connect: connection refused", r.Summary())
 	require.Empty(t, r.Path)
+
+	r = Evaluate(Facts{Err: errors.New(`FATAL: password authentication failed for user "sweeper" (SQLSTATE 28P01)`), ServerError: true},
+		Options{KnownVersion: 3})
+	require.Equal(t, `not ready: database: the server refused the probe: FATAL: password authentication failed for user "sweeper" (SQLSTATE 28P01)`, r.Summary())
 }
 
 func TestEachFailureNamesItsCheckAndWhy(t *testing.T) {

@@ -22,7 +22,7 @@ SELECT
     has_table_privilege(c.oid, 'DELETE')::boolean AS can_delete
 FROM pg_catalog.pg_class c
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p', 'v', 'f', 'm')
+WHERE c.relkind IN ('r', 'p', 'v', 'f', 'm', 'i')
   AND n.nspname || '.' || c.relname = ANY($1::text[])
 `
 
@@ -36,8 +36,9 @@ type PreflightRelationsRow struct {
 	CanDelete  bool
 }
 
-// The relations asked about (schema.table) that exist, with their columns
-// and the role's privileges on each.
+// The relations asked about (schema.name: tables, views, indexes) that
+// exist, with their columns and the role's privileges on each. Unlike
+// to_regclass, a catalog lookup works in a schema the role may not use.
 func (q *Queries) PreflightRelations(ctx context.Context, relations []string) ([]PreflightRelationsRow, error) {
 	rows, err := q.db.Query(ctx, preflightRelations, relations)
 	if err != nil {

@@ -1,0 +1,74 @@
+package cli
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/tasker-sweeper/retrysweeper/sweeper"
+)
+
+// Backlog gauge tuning: refreshed at most every defaultGaugeEvery, each
+// count bounded by gaugeTimeout so a slow one never piles up behind the next.
+const (
+	defaultGaugeEvery = 15 * time.Second
+	gaugeTimeout      = 10 * time.Second
+)
+
+// gaugeLoop keeps the gauges that need the database fresh, off the sweep's
+// path: the backlog (waiting, due, oldest due age) at most every `every`
+// while the database answers, and the readiness verdict every `every`
+// whatever the database says, so the ready gauge is right without probes.
+type gaugeLoop struct {
+	every   time.Duration
+	backlog func(context.Context) (sweeper.Backlog, error)
+	set     func(sweeper.Backlog)
+	// dbUp is the health checks' verdict; up receives a value after each
+	// successful check, so the first refresh follows the first answer.
+	dbUp   func() bool
+	up     <-chan struct{}
+	ready  func(context.Context)
+	logger *slog.Logger
+}
+
+func (g *gaugeLoop) run(ctx context.Context) {
+	var last time.Time // of the last backlog refresh
+	failing := false
+	timer := time.NewTimer(g.every)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.up:
+			if !last.IsZero() && time.Since(last) < g.every {
+				continue
+			}
+		case <-timer.C:
+			timer.Reset(g.every)
+			g.ready(ctx)
+		}
+		if !g.dbUp() {
+			continue
+		}
+		last = time.Now()
+		cctx, cancel := context.WithTimeout(ctx, gaugeTimeout)
+		b, err := g.backlog(cctx)
+		cancel()
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil:
+			if !failing {
+				g.logger.Warn("backlog gauges not refreshed; keeping the last values", slog.Any("error", err))
+			}
+			failing = true
+		default:
+			if failing {
+				g.logger.Info("backlog gauges refreshed again")
+			}
+			failing = false
+			g.set(b)
+		}
+	}
+}
