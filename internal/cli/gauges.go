@@ -29,9 +29,15 @@ type gaugeLoop struct {
 	up     <-chan struct{}
 	ready  func(context.Context)
 	logger *slog.Logger
+	// now is the clock the interval is measured with; nil: time.Now.
+	now func() time.Time
 }
 
 func (g *gaugeLoop) run(ctx context.Context) {
+	now := g.now
+	if now == nil {
+		now = time.Now
+	}
 	var last time.Time // of the last backlog refresh
 	failing := false
 	timer := time.NewTimer(g.every)
@@ -41,17 +47,14 @@ func (g *gaugeLoop) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-g.up:
-			if !last.IsZero() && time.Since(last) < g.every {
-				continue
-			}
 		case <-timer.C:
 			timer.Reset(g.every)
 			g.ready(ctx)
 		}
-		if !g.dbUp() {
+		if !g.dbUp() || (!last.IsZero() && now().Sub(last) < g.every) {
 			continue
 		}
-		last = time.Now()
+		last = now()
 		cctx, cancel := context.WithTimeout(ctx, gaugeTimeout)
 		b, err := g.backlog(cctx)
 		cancel()
