@@ -30,7 +30,7 @@ func TestGaugeLoopRefreshesAtMostOncePerInterval(t *testing.T) {
 	var clock atomic.Int64 // nanoseconds past a fixed start
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	g := &gaugeLoop{
-		now: func() time.Time { return start.Add(time.Duration(clock.Load())) },
+		now:   func() time.Time { return start.Add(time.Duration(clock.Load())) },
 		every: time.Hour,
 		backlog: func(context.Context) (sweeper.Backlog, error) {
 			n := counts.Add(1)
