@@ -8,17 +8,22 @@ import (
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
-// Backlog gauge tuning: refreshed at most every defaultGaugeEvery, each
-// count bounded by gaugeTimeout so a slow one never piles up behind the next.
+// Backlog gauge tuning: refreshed at most every defaultGaugeEvery, and no
+// sooner than gaugeBackoff times the last count took, so a slow count (the
+// scan path evaluates every waiting step: seconds at a million) costs the
+// database at most about a tenth of one connection's time. One count runs at
+// a time, bounded by gaugeTimeout.
 const (
 	defaultGaugeEvery = 15 * time.Second
-	gaugeTimeout      = 10 * time.Second
+	gaugeBackoff      = 10
+	gaugeTimeout      = 30 * time.Second
 )
 
 // gaugeLoop keeps the gauges that need the database fresh, off the sweep's
 // path: the backlog (waiting, due, oldest due age) at most every `every`
-// while the database answers, and the readiness verdict every `every`
-// whatever the database says, so the ready gauge is right without probes.
+// (or gaugeBackoff times the last count's duration, if longer) while the
+// database answers, and the readiness verdict every `every` whatever the
+// database says, so the ready gauge is right without probes.
 type gaugeLoop struct {
 	every   time.Duration
 	backlog func(context.Context) (sweeper.Backlog, error)
@@ -38,7 +43,8 @@ func (g *gaugeLoop) run(ctx context.Context) {
 	if now == nil {
 		now = time.Now
 	}
-	var last time.Time // of the last backlog refresh
+	var last time.Time        // when the last backlog count started
+	var lastTook time.Duration // how long it took
 	failing := false
 	timer := time.NewTimer(g.every)
 	defer timer.Stop()
@@ -51,13 +57,14 @@ func (g *gaugeLoop) run(ctx context.Context) {
 			timer.Reset(g.every)
 			g.ready(ctx)
 		}
-		if !g.dbUp() || (!last.IsZero() && now().Sub(last) < g.every) {
+		if !g.dbUp() || (!last.IsZero() && now().Sub(last) < max(g.every, gaugeBackoff*lastTook)) {
 			continue
 		}
 		last = now()
 		cctx, cancel := context.WithTimeout(ctx, gaugeTimeout)
 		b, err := g.backlog(cctx)
 		cancel()
+		lastTook = now().Sub(last)
 		switch {
 		case err != nil && ctx.Err() != nil:
 			return

@@ -16,8 +16,9 @@ import (
 )
 
 // The backlog is counted after the database first answers, then at most
-// once per interval however often it answers; never while it is down; a
-// failing count keeps the last values and is logged once.
+// once per interval however often it answers (and no sooner than ten times
+// the last count took); never while it is down; a failing count keeps the
+// last values and is logged once.
 func TestGaugeLoopRefreshesAtMostOncePerInterval(t *testing.T) {
 	t.Parallel()
 	up := make(chan struct{}) // unbuffered: a send returns once the loop took the previous one
@@ -28,12 +29,14 @@ func TestGaugeLoopRefreshesAtMostOncePerInterval(t *testing.T) {
 	var set []sweeper.Backlog
 	var logs syncBuffer
 	var clock atomic.Int64 // nanoseconds past a fixed start
+	var took atomic.Int64  // how long a count takes on that clock
 	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	g := &gaugeLoop{
 		now:   func() time.Time { return start.Add(time.Duration(clock.Load())) },
 		every: time.Hour,
 		backlog: func(context.Context) (sweeper.Backlog, error) {
 			n := counts.Add(1)
+			clock.Add(int64(took.Load()))
 			if fail.Load() {
 				return sweeper.Backlog{}, errors.New("statement timeout")
 			}
@@ -84,4 +87,19 @@ func TestGaugeLoopRefreshesAtMostOncePerInterval(t *testing.T) {
 	mu.Lock()
 	require.Equal(t, []sweeper.Backlog{{Waiting: 1}, {Waiting: 5}}, set)
 	mu.Unlock()
+
+	// A count that took 2 h: the next one waits 10 times as long.
+	took.Store(int64(2 * time.Hour))
+	clock.Add(int64(time.Hour))
+	up <- struct{}{}
+	up <- struct{}{}
+	require.EqualValues(t, 6, counts.Load())
+	clock.Add(int64(17 * time.Hour)) // 19 h after it started
+	up <- struct{}{}
+	up <- struct{}{}
+	require.EqualValues(t, 6, counts.Load(), "not before 20 h")
+	clock.Add(int64(time.Hour))
+	up <- struct{}{}
+	up <- struct{}{}
+	require.EqualValues(t, 7, counts.Load())
 }

@@ -15,28 +15,15 @@ const scheduleBacklog = `-- name: ScheduleBacklog :one
 
 SELECT
     (SELECT count(*) FROM tasker_sweeper.retry_schedule)::bigint AS waiting,
-    count(*)::bigint AS due,
-    coalesce(min(coalesce(
-        CASE WHEN isfinite(coalesce(
-        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
-        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
-         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
-        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')))
-             THEN coalesce(
-        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
-        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
-         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
-        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) END,
-        CASE WHEN isfinite(cur.created_at) THEN cur.created_at END,
-        coalesce($1::timestamptz, now())::timestamp)::timestamp), coalesce($1::timestamptz, now())::timestamp)::timestamp AS oldest_due_at,
-    coalesce($1::timestamptz, now())::timestamp AS db_now
-FROM tasker_sweeper.retry_schedule s
-JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
-JOIN tasker.workflow_step_transitions cur
-    ON cur.workflow_step_uuid = s.workflow_step_uuid AND cur.most_recent
-WHERE s.due_at <= coalesce($1::timestamptz, now())
-  AND cur.to_state = 'waiting_for_retry'
-  AND (NOT ws.processed
+    (SELECT count(*) FROM (
+        SELECT 1
+        FROM tasker_sweeper.retry_schedule s
+        JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
+        JOIN tasker.workflow_step_transitions cur
+            ON cur.workflow_step_uuid = s.workflow_step_uuid AND cur.most_recent
+        WHERE s.due_at <= coalesce($1::timestamptz, now())
+          AND cur.to_state = 'waiting_for_retry'
+          AND (NOT ws.processed
        AND NOT ws.in_process
        AND NOT coalesce((
         SELECT true
@@ -53,7 +40,53 @@ WHERE s.due_at <= coalesce($1::timestamptz, now())
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
          WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce($1::timestamptz, now()), true)
+        LIMIT $2::integer) due)::bigint AS due,
+    coalesce((
+        SELECT coalesce(
+        CASE WHEN isfinite(coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')))
+             THEN coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) END,
+        CASE WHEN isfinite(cur.created_at) THEN cur.created_at END,
+        coalesce($1::timestamptz, now())::timestamp)::timestamp
+        FROM tasker_sweeper.retry_schedule s
+        JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
+        JOIN tasker.workflow_step_transitions cur
+            ON cur.workflow_step_uuid = s.workflow_step_uuid AND cur.most_recent
+        WHERE s.due_at <= coalesce($1::timestamptz, now())
+          AND cur.to_state = 'waiting_for_retry'
+          AND (NOT ws.processed
+       AND NOT ws.in_process
+       AND NOT coalesce((
+        SELECT true
+        FROM tasker.workflow_step_edges edge
+        LEFT JOIN tasker.workflow_step_transitions parent
+            ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
+        WHERE edge.to_step_uuid = ws.workflow_step_uuid
+          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually')
+        LIMIT 1), false))
+  AND (coalesce(ws.attempts, 0) = 0
+       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))
+  AND coalesce(coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce($1::timestamptz, now()), true)
+        ORDER BY s.due_at
+        LIMIT 1), coalesce($1::timestamptz, now())::timestamp)::timestamp AS oldest_due_at,
+    coalesce($1::timestamptz, now())::timestamp AS db_now
 `
+
+type ScheduleBacklogParams struct {
+	Now      *time.Time
+	DueLimit int32
+}
 
 type ScheduleBacklogRow struct {
 	Waiting     int64
@@ -64,17 +97,21 @@ type ScheduleBacklogRow struct {
 
 // Code generated by internal/sqltemplate from templates/backlog.sql.tmpl. DO NOT EDIT.
 // The backlog gauges (waiting steps, due steps, the oldest due step's due
-// time), refreshed by the daemon off the sweep's path, at most every 15 s.
+// time), refreshed by the daemon off the sweep's path, at most every 15 s
+// (less often when a count is slow, see internal/cli/gauges.go).
 // "Due" is the full due rule, as a sweep would decide it, not merely a
 // passed due time: a step blocked by its parents or stranded is waiting but
 // not due. README's Metrics section states the cost of each at 1,000,000
 // waiting steps.
 // Schedule path. waiting is the schedule's row count (one row per parked
-// step; the schedule is a cache of the tables, see schedule.sql.tmpl); due
+// step; the schedule is a cache of the tables, see schedule.sql.tmpl). due
 // evaluates the due rule only over rows whose due time has passed (the
-// due_at index), so its cost follows the due backlog, not the waiting steps.
-func (q *Queries) ScheduleBacklog(ctx context.Context, now *time.Time) (ScheduleBacklogRow, error) {
-	row := q.db.QueryRow(ctx, scheduleBacklog, now)
+// due_at index), and stops counting at @due_limit, so its cost follows the
+// due backlog up to that bound whatever the number of waiting steps. The
+// oldest due step is the first movable one in due order: one index walk
+// that stops at it.
+func (q *Queries) ScheduleBacklog(ctx context.Context, arg ScheduleBacklogParams) (ScheduleBacklogRow, error) {
+	row := q.db.QueryRow(ctx, scheduleBacklog, arg.Now, arg.DueLimit)
 	var i ScheduleBacklogRow
 	err := row.Scan(
 		&i.Waiting,
@@ -92,7 +129,12 @@ SELECT
     coalesce(min(w.due_at), coalesce($1::timestamptz, now())::timestamp)::timestamp AS oldest_due_at,
     coalesce($1::timestamptz, now())::timestamp AS db_now
 FROM (
-    SELECT CASE WHEN (NOT ws.processed
+    SELECT CASE WHEN coalesce(coalesce(
+        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
+        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
+         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
+        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce($1::timestamptz, now()), true) AND (coalesce(ws.attempts, 0) = 0
+       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3))) AND (NOT ws.processed
        AND NOT ws.in_process
        AND NOT coalesce((
         SELECT true
@@ -102,13 +144,7 @@ FROM (
         WHERE edge.to_step_uuid = ws.workflow_step_uuid
           AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually')
         LIMIT 1), false))
-  AND (coalesce(ws.attempts, 0) = 0
-       OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))
-  AND coalesce(coalesce(
-        ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
-        (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
-         WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
-        + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce($1::timestamptz, now()), true) THEN coalesce(
+                THEN coalesce(
         CASE WHEN isfinite(coalesce(
         ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
@@ -135,6 +171,10 @@ type SweepBacklogRow struct {
 }
 
 // Scan path: the due rule over every waiting step, as each scan sweep does.
+// The rule's parts are tested cheapest first (AND in a CASE stops at the
+// first false): the time, then eligibility, and only for a step whose time
+// has come the dependency check, which probes the edges of every step it
+// looks at.
 func (q *Queries) SweepBacklog(ctx context.Context, now *time.Time) (SweepBacklogRow, error) {
 	row := q.db.QueryRow(ctx, sweepBacklog, now)
 	var i SweepBacklogRow
