@@ -43,7 +43,7 @@ func (g *gaugeLoop) run(ctx context.Context) {
 	if now == nil {
 		now = time.Now
 	}
-	var last time.Time        // when the last backlog count started
+	var last time.Time         // when the last backlog count started
 	var lastTook time.Duration // how long it took
 	failing := false
 	timer := time.NewTimer(g.every)
