@@ -99,7 +99,7 @@ func TestPreflightNeedsCoverTheQueries(t *testing.T) {
 		raw, err := fs.ReadFile(queriesFS(t), name)
 		require.NoError(t, err)
 		for _, word := range strings.FieldsFunc(string(raw), func(r rune) bool {
-			return !(r == '.' || r == '_' || r >= 'a' && r <= 'z')
+			return r != '.' && r != '_' && (r < 'a' || r > 'z')
 		}) {
 			alias, col, ok := strings.Cut(word, ".")
 			table, known := aliases[alias]

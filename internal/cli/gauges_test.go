@@ -36,7 +36,7 @@ func TestGaugeLoopRefreshesAtMostOncePerInterval(t *testing.T) {
 		every: time.Hour,
 		backlog: func(context.Context) (sweeper.Backlog, error) {
 			n := counts.Add(1)
-			clock.Add(int64(took.Load()))
+			clock.Add(took.Load())
 			if fail.Load() {
 				return sweeper.Backlog{}, errors.New("statement timeout")
 			}
