@@ -23,6 +23,7 @@ type pathStore interface {
 	strandedSample(ctx context.Context, limit int) ([]sweeper.StrandedStep, error)
 	applyFailure(ctx context.Context, w handling.FailureWrite) (handling.FailureWritten, error)
 	reconcile(ctx context.Context, olderThan time.Duration) (sweeper.Reconciliation, error)
+	backlog(ctx context.Context) (sweeper.Backlog, error)
 }
 
 var (
@@ -129,4 +130,14 @@ func (s *Store) ApplyFailure(ctx context.Context, w handling.FailureWrite) (hand
 		return handling.FailureWritten{}, fmt.Errorf("apply failure to step %s: %w", w.StepUUID, err)
 	}
 	return written, nil
+}
+
+// Backlog counts the waiting and due steps and finds the oldest due one,
+// for the gauges (see backlog.sql.tmpl for what each path reads).
+func (s *Store) Backlog(ctx context.Context) (sweeper.Backlog, error) {
+	p, err := s.choose(ctx)
+	if err != nil {
+		return sweeper.Backlog{}, err
+	}
+	return p.backlog(ctx)
 }

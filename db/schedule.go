@@ -214,6 +214,19 @@ func reconcileDue(last *time.Time, now time.Time, olderThan time.Duration) bool 
 	return last == nil || now.Sub(*last) >= olderThan
 }
 
+// BacklogDueLimit is where the schedule path stops counting due steps: a
+// larger backlog reads as this many (the count's cost stays bounded when
+// sweeps have stalled, which is when the gauge matters).
+const BacklogDueLimit = 100_000
+
+func (s *scheduleStore) backlog(ctx context.Context) (sweeper.Backlog, error) {
+	row, err := s.q.ScheduleBacklog(ctx, dbsqlc.ScheduleBacklogParams{Now: s.now(), DueLimit: BacklogDueLimit})
+	if err != nil {
+		return sweeper.Backlog{}, fmt.Errorf("count the backlog: %w", asSentinel(err))
+	}
+	return sweeper.Backlog{Waiting: row.Waiting, Due: row.Due, OldestDueAt: row.OldestDueAt, DBNow: row.DbNow}, nil
+}
+
 func (s *scheduleStore) countDueLeft(ctx context.Context) (int64, error) {
 	n, err := s.q.ScheduleCountDueLeft(ctx, s.now())
 	if err != nil {

@@ -1,9 +1,11 @@
-// Package admin owns the daemon's HTTP admin API: health and readiness,
-// metrics, manual sweeps, the inline failure handler, per-step status and
-// retries, and the status counts, with JSON errors for every failure; and
-// the server that serves it within limits (timeouts, header size,
-// connections). It defines small interfaces for what it calls; the sweeper,
-// the scheduler, the failure handler and the database store satisfy them.
+// Package admin owns the daemon's HTTP surfaces: the admin API (health and
+// readiness, metrics, manual sweeps, the inline failure handler, per-step
+// status and retries, and the status counts, with JSON errors for every
+// failure), the ops handler (only the probes and metrics, for an open
+// port), and the server that serves either within limits (timeouts, header
+// size, connections). It defines small interfaces for what it calls; the
+// sweeper, the scheduler, the failure handler, the database store and the
+// readiness preflight satisfy them.
 package admin
 
 import (
@@ -29,6 +31,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/preflight"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
@@ -68,6 +71,12 @@ type Readiness interface {
 	Ready() bool
 }
 
+// Preflight runs the readiness preflight (database, tasker schema,
+// privileges, the sweeper's own objects, recent sweeps) for GET /readyz.
+type Preflight interface {
+	Report(ctx context.Context) preflight.Report
+}
+
 // Deps is what the admin API calls. Sweeps, Steps, Failures, StepStatus
 // and Status are required; the rest are optional.
 type Deps struct {
@@ -76,9 +85,12 @@ type Deps struct {
 	Failures   FailureHandler
 	StepStatus StepStatusReader
 	Status     StatusCounter
-	// Readiness decides /readyz and refuses sweeps while the database is
-	// down; nil means always ready.
+	// Readiness refuses sweeps while the database is down, and decides
+	// /readyz when Preflight is nil; nil means always ready.
 	Readiness Readiness
+	// Preflight, when set, decides /readyz: 200 with the checks when all
+	// pass, 503 naming each failed one.
+	Preflight Preflight
 	// Metrics serves GET /metrics; nil leaves the route out.
 	Metrics http.Handler
 	// Token, when set, is the bearer token every POST endpoint requires.
@@ -151,29 +163,54 @@ func New(d Deps) http.Handler {
 			panic("admin.New: Deps." + dep.name + " is required")
 		}
 	}
-	if d.Logger == nil {
-		d.Logger = slog.New(slog.DiscardHandler)
-	}
-	if d.Readiness == nil {
-		d.Readiness = alwaysReady{}
-	}
 	if d.StatusMaxAge == 0 {
 		d.StatusMaxAge = DefaultStatusMaxAge
 	}
 	if d.SweepTimeout <= 0 {
 		d.SweepTimeout = DefaultSweepTimeout
 	}
-	a := &server{Deps: d, mux: http.NewServeMux(), status: &statusCache{maxAge: d.StatusMaxAge}}
-	a.mux.HandleFunc("GET /healthz", a.healthz)
-	a.mux.HandleFunc("GET /readyz", a.readyz)
-	if d.Metrics != nil {
-		a.mux.Handle("GET /metrics", d.Metrics)
-	}
+	a := newServer(d)
+	a.status = &statusCache{maxAge: d.StatusMaxAge}
 	a.mux.HandleFunc("GET /v1/status", a.getStatus)
 	a.mux.HandleFunc("GET /v1/steps/{uuid}", a.stepStatus)
 	a.mux.Handle("POST /v1/sweeps", a.authorized(a.triggerSweep))
 	a.mux.Handle("POST /v1/steps/{uuid}/failures", a.authorized(a.reportFailure))
 	a.mux.Handle("POST /v1/steps/{uuid}/retry", a.authorized(a.retryStep))
+	return a
+}
+
+// OpsDeps is what the ops handler serves; every field is optional, as in
+// Deps.
+type OpsDeps struct {
+	Readiness Readiness
+	Preflight Preflight
+	Metrics   http.Handler
+	Logger    *slog.Logger
+}
+
+// NewOps builds the ops handler: GET /healthz, /readyz and /metrics only,
+// answered as the admin API answers them, with no token, so probes and
+// Prometheus can reach it on an open port; everything else is a JSON 404
+// (or 405). It changes nothing and shows no step.
+func NewOps(d OpsDeps) http.Handler {
+	return newServer(Deps{Readiness: d.Readiness, Preflight: d.Preflight, Metrics: d.Metrics, Logger: d.Logger})
+}
+
+// newServer fills the optional dependencies and routes the probes and
+// metrics, which both handlers serve.
+func newServer(d Deps) *server {
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Readiness == nil {
+		d.Readiness = alwaysReady{}
+	}
+	a := &server{Deps: d, mux: http.NewServeMux()}
+	a.mux.HandleFunc("GET /healthz", a.healthz)
+	a.mux.HandleFunc("GET /readyz", a.readyz)
+	if d.Metrics != nil {
+		a.mux.Handle("GET /metrics", d.Metrics)
+	}
 	return a
 }
 
@@ -266,12 +303,34 @@ func (a *server) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-func (a *server) readyz(w http.ResponseWriter, _ *http.Request) {
-	if !a.Readiness.Ready() {
-		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable")
+// readyzResponse is GET /readyz's body. When not ready it carries the
+// API's error and code too, so a client reading only those still learns why.
+type readyzResponse struct {
+	Status string            `json:"status"`
+	Ready  bool              `json:"ready"`
+	Error  string            `json:"error,omitempty"`
+	Code   string            `json:"code,omitempty"`
+	Path   string            `json:"path,omitempty"`
+	Checks []preflight.Check `json:"checks,omitempty"`
+}
+
+func (a *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if a.Preflight == nil {
+		if !a.Readiness.Ready() {
+			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable")
+			return
+		}
+		writeJSON(w, http.StatusOK, readyzResponse{Status: "ready", Ready: true})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	rep := a.Preflight.Report(r.Context())
+	if !rep.Ready {
+		writeJSON(w, http.StatusServiceUnavailable, readyzResponse{
+			Status: "not ready", Error: rep.Summary(), Code: codeUnavailable, Path: rep.Path, Checks: rep.Checks,
+		})
+		return
+	}
+	writeJSON(w, http.StatusOK, readyzResponse{Status: "ready", Ready: true, Path: rep.Path, Checks: rep.Checks})
 }
 
 // sweepError is a failed sweep's body: the error and what was done before it.

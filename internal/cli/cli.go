@@ -61,10 +61,12 @@ func commands() []command {
 		{"run", "run the daemon: scheduled sweeps and the HTTP admin API", runDaemon},
 		{"once", "run one sweep now and print its summary", runOnce},
 		{"status", "print step counts per state, due and stranded steps", runStatus},
+		{"check", "check the database is ready for the sweeper: tables, grants, schema version", runCheck},
 		{"fail", "report one step failure to the inline handler", runFail},
 		{"reconcile", "make the retry schedule match the tasker tables now, and say what it corrected", runReconcile},
 		{"migrate", "apply the sweeper's database migrations", runMigrate},
 		{"demo", "run the daemon against a throwaway PostgreSQL with demo data", runDemo},
+		{"version", "print the version, VCS revision and Go version (also --version)", runVersion},
 	}
 }
 
@@ -78,6 +80,9 @@ func run(ctx context.Context, e env, args []string) int {
 	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		printUsage(e.stdout)
 		return exitOK
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {
