@@ -108,7 +108,8 @@ func (s *Store) preflightFacts(ctx context.Context, tx pgx.Tx, f *preflight.Fact
 	delete(f.Relations, scheduleIndex)
 	if vt, ok := f.Relations[f.VersionTable]; ok {
 		f.VersionTableExists = true
-		f.VersionReadable = vt.Privileges["SELECT"]
+		// Reading it also needs USAGE on its schema (the sweeper's own).
+		f.VersionReadable = vt.Privileges["SELECT"] && f.Schemas[schemaOf(f.VersionTable)]
 		delete(f.Relations, f.VersionTable)
 	}
 	if f.VersionReadable {
@@ -126,4 +127,10 @@ func (s *Store) ChosenPath() sweeper.Path {
 		return (*p).path()
 	}
 	return ""
+}
+
+// schemaOf is the schema part of a qualified name.
+func schemaOf(qualified string) string {
+	schema, _, _ := strings.Cut(qualified, ".")
+	return schema
 }

@@ -215,8 +215,7 @@ GRANT SELECT ON tasker.workflow_steps, tasker.workflow_step_transitions,
 GRANT INSERT, UPDATE ON tasker.workflow_step_transitions TO ROLE_NAME;
 GRANT UPDATE ON tasker.workflow_steps TO ROLE_NAME;
 GRANT USAGE ON SCHEMA tasker_sweeper TO ROLE_NAME;
-GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA tasker_sweeper TO ROLE_NAME;
-GRANT SELECT ON public.tasker_sweeper_schema_version TO ROLE_NAME;`, "ROLE_NAME", role))
+GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA tasker_sweeper TO ROLE_NAME;`, "ROLE_NAME", role))
 	require.NoError(t, err)
 	restricted := *u
 	restricted.User = url.UserPassword(role, "sweeper-pw")

@@ -139,6 +139,8 @@ func TestReadmeEnvironmentFallbacksMatchTheFlags(t *testing.T) {
 		"once":      {"dry-run", "json"},
 		"status":    {"json"},
 		"reconcile": {"json"},
+		"check":     {"json", "timeout"},
+		"version":   {"json"},
 		"fail":      {"step", "message", "kind", "retryable", "retry-after", "http-status", "json"},
 		"migrate":   {"tasker-schema"},
 		"demo":      {"database-url", "duration", "http-addr", "tasks"},
