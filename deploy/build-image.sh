@@ -53,9 +53,10 @@ ldvar() {
 
 ldflags="-s -w"
 for var in version revision; do
-	sym=$(ldvar "$var")
 	value=$VERSION
 	[[ $var == revision ]] && value=$REVISION
+	sym=$(ldvar "$var")
+	[[ -n $sym ]] || sym=$(ldvar "${var^}")
 	if [[ -n $sym ]]; then
 		ldflags+=" -X $sym=$value"
 	fi
@@ -72,7 +73,10 @@ cp "$CA_BUNDLE" "$ctx/ca-certificates.crt"
 cp "$here/image/passwd" "$here/image/group" "$ctx/"
 
 echo "build-image: $ENGINE build -t $IMAGE" >&2
-"$ENGINE" build --quiet -f "$here/Containerfile" \
+# --no-cache: the layer cache would keep a previous build's labels (the
+# version) when only the build arguments changed; there is nothing slow to
+# cache in an image of four COPYs.
+"$ENGINE" build --quiet --no-cache -f "$here/Containerfile" \
 	--build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" \
 	-t "$IMAGE" -t "tasker-sweeper:latest" "$ctx" >/dev/null
 size=$("$ENGINE" image inspect --format '{{.Size}}' "$IMAGE")
