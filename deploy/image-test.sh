@@ -68,7 +68,7 @@ if [[ -z $pg_bin ]]; then
 	if command -v pg_config >/dev/null && [[ -x $(pg_config --bindir)/postgres ]]; then
 		pg_bin=$(pg_config --bindir)
 	else
-		pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+		pg_bin=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n1)
 	fi
 fi
 [[ -x $pg_bin/initdb && -x $pg_bin/pg_ctl ]] || fail "no PostgreSQL server binaries (set PG_BIN)"
