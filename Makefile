@@ -108,6 +108,23 @@ mutants: ## Mutation test of the SQL (db/queries/mutants.txt): every mutant must
 .PHONY: ci
 ci: check-generated vet lint test ## Everything CI checks
 
+.PHONY: image
+image: ## Build the container image: the static binary on scratch (podman, or a running docker; deploy/build-image.sh)
+	deploy/build-image.sh
+
+.PHONY: image-test
+image-test: ## Build the image and run it against a throwaway PostgreSQL: version, migrate, once, run + probes (deploy/image-test.sh)
+	deploy/image-test.sh
+
+.PHONY: deploy-test
+deploy-test: ## Test deploy/: manifests decode into Kubernetes types, flags and env vars exist, PromQL parses (separate Go module)
+	cd deploy && $(GO) test -count=1 $(TESTFLAGS) ./...
+
+.PHONY: promtool-test
+promtool-test: ## promtool check rules + test rules on the alerting rules (apt-get install prometheus)
+	promtool check rules deploy/prometheus/alerts.yaml
+	promtool test rules deploy/prometheus/alerts_test.yaml
+
 .PHONY: clean
 clean: ## Remove built binaries, tools and release archives
 	rm -rf $(BIN) $(DIST)
