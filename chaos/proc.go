@@ -174,8 +174,10 @@ func (s *suite) startDaemon(ctx context.Context, d *database, name string, extra
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"run", "--schedule", "@every 1s", "--http-addr", addr,
-		"--log-format", "json", "--log-level", "info"}, extra...)
+	args := append([]string{
+		"run", "--schedule", "@every 1s", "--http-addr", addr,
+		"--log-format", "json", "--log-level", "info",
+	}, extra...)
 	p, err := s.startProc(d, name, args...)
 	if err != nil {
 		return nil, err

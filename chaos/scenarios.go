@@ -276,8 +276,10 @@ WHERE datname = $1 AND application_name = $2 AND state IN ('active', 'idle in tr
 func lockedRows(ctx context.Context, r *run) error {
 	hold := r.sz.lockHold
 	locked := 3 * r.sz.lockBatch / 2 // more than one batch of the earliest
-	due, err := seed(ctx, r.d.pool, group{children: r.sz.lockDue, history: "waiting", lastAgo: 3600, stagger: 0.01,
-		backoff: ptr(int32(2)), attempts: 1, maxAttempts: 3, retryable: true})
+	due, err := seed(ctx, r.d.pool, group{
+		children: r.sz.lockDue, history: "waiting", lastAgo: 3600, stagger: 0.01,
+		backoff: ptr(int32(2)), attempts: 1, maxAttempts: 3, retryable: true,
+	})
 	if err != nil {
 		return err
 	}
@@ -432,8 +434,10 @@ func failureStream(ctx context.Context, r *run) error {
 				}
 				continue
 			}
-			args := append([]string{"fail", "--step", steps[0].String(), "--message", "upstream timeout after 30s",
-				"--json"}, handlerFlags...)
+			args := append([]string{
+				"fail", "--step", steps[0].String(), "--message", "upstream timeout after 30s",
+				"--json",
+			}, handlerFlags...)
 			res := r.s.sweeperCmd(ctx, r.d, 30*time.Second, args...)
 			if res.err != nil || res.code != 0 {
 				record("cli", 0, errors.New(res.describe()))
@@ -637,13 +641,17 @@ func inPlaceEdits(ctx context.Context, r *run) error {
 	if err != nil {
 		return err
 	}
-	exhausted, err := seed(ctx, r.d.pool, group{children: 1, history: "waiting", lastAgo: 3600, backoff: ptr(int32(2)),
-		attempts: 3, maxAttempts: 3, retryable: true})
+	exhausted, err := seed(ctx, r.d.pool, group{
+		children: 1, history: "waiting", lastAgo: 3600, backoff: ptr(int32(2)),
+		attempts: 3, maxAttempts: 3, retryable: true,
+	})
 	if err != nil {
 		return err
 	}
-	permanent, err := seed(ctx, r.d.pool, group{children: 1, history: "waiting", lastAgo: 3600, backoff: ptr(int32(2)),
-		attempts: 1, maxAttempts: 3, retryable: false})
+	permanent, err := seed(ctx, r.d.pool, group{
+		children: 1, history: "waiting", lastAgo: 3600, backoff: ptr(int32(2)),
+		attempts: 1, maxAttempts: 3, retryable: false,
+	})
 	if err != nil {
 		return err
 	}
@@ -740,8 +748,10 @@ func inPlaceEdits(ctx context.Context, r *run) error {
 			return err
 		}
 		if st["pending"] != 1 {
-			stuck = append(stuck, []string{"shortened backoff", "earlier last_attempted_at", "raised max_attempts",
-				"retryable set", "shortened backoff (handler-parked)"}[i])
+			stuck = append(stuck, []string{
+				"shortened backoff", "earlier last_attempted_at", "raised max_attempts",
+				"retryable set", "shortened backoff (handler-parked)",
+			}[i])
 		}
 	}
 	if len(stuck) > 0 {

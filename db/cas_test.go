@@ -37,7 +37,8 @@ type historyRow struct {
 
 func historyOf(t *testing.T, q interface {
 	Query(context.Context, string, ...any) (pgx.Rows, error)
-}, step uuid.UUID) []historyRow {
+}, step uuid.UUID,
+) []historyRow {
 	t.Helper()
 	rows, err := q.Query(context.Background(), `
 SELECT xmin::text, to_state, from_state, sort_key, most_recent, metadata, updated_at
@@ -54,7 +55,8 @@ func dueWaitingStep(t *testing.T, pool *pgxpool.Pool, path []statemachine.State)
 	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceHistory(t, pool, step, path, 0)
 	testdb.SetColumns(t, pool, step, testdb.StepColumns{
-		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1)})
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1),
+	})
 	return step
 }
 

@@ -58,8 +58,10 @@ func (s *Store) Preflight(ctx context.Context) preflight.Facts {
 	f.Elapsed = time.Since(start)
 	if err != nil {
 		var pgErr *pgconn.PgError
-		return preflight.Facts{Err: asSentinel(err), ServerError: errors.As(err, &pgErr),
-			Elapsed: f.Elapsed, VersionTable: f.VersionTable}
+		return preflight.Facts{
+			Err: asSentinel(err), ServerError: errors.As(err, &pgErr),
+			Elapsed: f.Elapsed, VersionTable: f.VersionTable,
+		}
 	}
 	return f
 }

@@ -133,8 +133,10 @@ func strandedSteps[R ~strandedRow](rows []R) []sweeper.StrandedStep {
 	steps := make([]sweeper.StrandedStep, len(rows))
 	for i, row := range rows {
 		r := strandedRow(row)
-		steps[i] = sweeper.StrandedStep{StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID,
-			Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable}
+		steps[i] = sweeper.StrandedStep{
+			StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID,
+			Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable,
+		}
 	}
 	return steps
 }

@@ -146,7 +146,8 @@ func TestManualRetryWaitsForParents(t *testing.T) {
 		testdb.PlaceHistory(t, pool, parent, testdb.History(statemachine.InProgress), 0)
 		testdb.PlaceHistory(t, pool, child, toWaiting, 0)
 		testdb.SetColumns(t, pool, child, testdb.StepColumns{
-			Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1)})
+			Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1),
+		})
 		sw := newSweeper(t, pool)
 		before := snapshot(t, pool, child)
 		for _, force := range []bool{false, true} {
@@ -265,7 +266,8 @@ func TestClaimsSkipLockedRows(t *testing.T) {
 			step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 			testdb.PlaceHistory(t, pool, step, toWaiting, 0)
 			testdb.SetColumns(t, pool, step, testdb.StepColumns{
-				Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1)})
+				Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1),
+			})
 			steps = append(steps, step)
 		}
 		store := db.NewStore(pool)
@@ -375,7 +377,8 @@ func TestRescheduleJudgesParents(t *testing.T) {
 			child := task.Steps[1]
 			testdb.PlaceHistory(t, pool, child, toWaiting, 0)
 			testdb.SetColumns(t, pool, child, testdb.StepColumns{
-				Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1)})
+				Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1),
+			})
 			store := db.NewStore(pool)
 			_, err := store.Reconcile(ctx, 0) // past the first pass, which would reconcile the stale row
 			require.NoError(t, err)

@@ -156,8 +156,11 @@ func New(d Deps) http.Handler {
 		name    string
 		missing bool
 	}{
-		{"Sweeps", d.Sweeps == nil}, {"Steps", d.Steps == nil}, {"Failures", d.Failures == nil},
-		{"StepStatus", d.StepStatus == nil}, {"Status", d.Status == nil},
+		{"Sweeps", d.Sweeps == nil},
+		{"Steps", d.Steps == nil},
+		{"Failures", d.Failures == nil},
+		{"StepStatus", d.StepStatus == nil},
+		{"Status", d.Status == nil},
 	} {
 		if dep.missing {
 			panic("admin.New: Deps." + dep.name + " is required")

@@ -109,8 +109,10 @@ func TestOpsHandlerServesOnlyProbesAndMetrics(t *testing.T) {
 	pf.set(failing)
 	get(http.MethodGet, "/readyz").requireError(t, http.StatusServiceUnavailable, "unavailable")
 
-	for _, path := range []string{"/v1/status", "/v1/steps/0195a0c4-33ab-7aa0-8a44-7d1f7c2e0001", "/v1/sweeps",
-		"/v1/steps/0195a0c4-33ab-7aa0-8a44-7d1f7c2e0001/retry", "/debug/pprof/"} {
+	for _, path := range []string{
+		"/v1/status", "/v1/steps/0195a0c4-33ab-7aa0-8a44-7d1f7c2e0001", "/v1/sweeps",
+		"/v1/steps/0195a0c4-33ab-7aa0-8a44-7d1f7c2e0001/retry", "/debug/pprof/",
+	} {
 		for _, method := range []string{http.MethodGet, http.MethodPost} {
 			get(method, path).requireError(t, http.StatusNotFound, "not_found")
 		}

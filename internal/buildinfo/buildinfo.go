@@ -71,8 +71,10 @@ type Linked struct {
 // debug.ReadBuildInfo returned: the link-time version wins over the module
 // version; the toolchain's VCS stamp wins over the link-time revision.
 func FromBuildInfo(linked Linked, bi *debug.BuildInfo, ok bool) Info {
-	info := Info{Version: linked.Version, Revision: linked.Revision, Time: linked.Time,
-		Modified: linked.Modified, GoVersion: runtime.Version()}
+	info := Info{
+		Version: linked.Version, Revision: linked.Revision, Time: linked.Time,
+		Modified: linked.Modified, GoVersion: runtime.Version(),
+	}
 	if ok && bi != nil {
 		info.Module = bi.Main.Path
 		if bi.GoVersion != "" {

@@ -34,8 +34,10 @@ func TestFromBuildInfo(t *testing.T) {
 	// No VCS stamp (a git worktree, a source archive): the link-time revision.
 	got = FromBuildInfo(Linked{Version: "v1.2.3-dirty", Revision: "abc", Time: "2025-02-02T00:00:00Z", Modified: true},
 		&debug.BuildInfo{Main: debug.Module{Path: "m", Version: "(devel)"}}, true)
-	require.Equal(t, Info{Version: "v1.2.3-dirty", Module: "m", Revision: "abc", Time: "2025-02-02T00:00:00Z",
-		Modified: true, GoVersion: runtime.Version()}, got)
+	require.Equal(t, Info{
+		Version: "v1.2.3-dirty", Module: "m", Revision: "abc", Time: "2025-02-02T00:00:00Z",
+		Modified: true, GoVersion: runtime.Version(),
+	}, got)
 
 	got = FromBuildInfo(Linked{}, nil, false)
 	require.Equal(t, Unknown, got.Version)

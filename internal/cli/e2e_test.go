@@ -153,7 +153,8 @@ func TestStatusCommand(t *testing.T) {
 	later := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceInState(t, pool, later, statemachine.WaitingForRetry, 0)
 	testdb.SetColumns(t, pool, later, testdb.StepColumns{
-		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Minute), BackoffRequestSeconds: testdb.Ptr[int32](3600)})
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Minute), BackoffRequestSeconds: testdb.Ptr[int32](3600),
+	})
 	stranded := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceInState(t, pool, stranded, statemachine.WaitingForRetry, 0)
 	testdb.SetColumns(t, pool, stranded, testdb.StepColumns{Attempts: testdb.Ptr[int32](3), MaxAttempts: testdb.Ptr[int32](3)})
@@ -260,7 +261,8 @@ func TestOnceRunsDueReconcile(t *testing.T) {
 	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
 	testdb.SetColumns(t, pool, step, testdb.StepColumns{
-		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600),
+	})
 	_, err := pool.Exec(ctx, `UPDATE tasker.workflow_step_transitions SET created_at = created_at - interval '1 hour'
 		WHERE workflow_step_uuid = $1`, step)
 	require.NoError(t, err)

@@ -238,8 +238,10 @@ func TestMigrateWithoutTaskerSchemaAppliesNothing(t *testing.T) {
 	require.Equal(t, 2, out.code, "stdout: %s\nstderr: %s", out.stdout, out.stderr)
 	require.Empty(t, out.stdout)
 	require.Equal(t, 1, strings.Count(out.stderr, "\n"), out.stderr)
-	for _, want := range []string{"nothing applied", "no tasker schema", "tasker.workflow_steps",
-		"tasker.workflow_step_transitions", "tasker.workflow_step_edges", "tasker.named_steps", "--tasker-schema"} {
+	for _, want := range []string{
+		"nothing applied", "no tasker schema", "tasker.workflow_steps",
+		"tasker.workflow_step_transitions", "tasker.workflow_step_edges", "tasker.named_steps", "--tasker-schema",
+	} {
 		require.Contains(t, out.stderr, want)
 	}
 	pool, err := db.Connect(context.Background(), url)

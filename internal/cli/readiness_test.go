@@ -407,8 +407,10 @@ func TestBacklogGauges(t *testing.T) {
 	testdb.SeedDue(t, pool, 4)
 	notDue := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceInState(t, pool, notDue, "waiting_for_retry", time.Minute)
-	testdb.SetColumns(t, pool, notDue, testdb.StepColumns{Attempts: testdb.Ptr[int32](1),
-		LastAttemptedAgo: testdb.Ptr(time.Duration(0)), BackoffRequestSeconds: testdb.Ptr[int32](3600)})
+	testdb.SetColumns(t, pool, notDue, testdb.StepColumns{
+		Attempts:         testdb.Ptr[int32](1),
+		LastAttemptedAgo: testdb.Ptr(time.Duration(0)), BackoffRequestSeconds: testdb.Ptr[int32](3600),
+	})
 	d := startDaemon(t, []string{"DATABASE_URL=" + url}, "--http-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0",
 		"--schedule", "@every 1h")
 	ops := "http://" + receive(t, d.ops, 10*time.Second, "the ops listener")

@@ -62,8 +62,11 @@ var TaskerNeeds = []Need{
 // SweeperNeeds are the sweeper-owned tables, checked when their schema is
 // installed.
 var SweeperNeeds = []Need{
-	{SweeperSchema, "retry_schedule", []string{"workflow_step_uuid", "due_at", "stranded", "updated_at"},
-		[]string{"SELECT", "INSERT", "UPDATE", "DELETE"}},
+	{
+		SweeperSchema, "retry_schedule",
+		[]string{"workflow_step_uuid", "due_at", "stranded", "updated_at"},
+		[]string{"SELECT", "INSERT", "UPDATE", "DELETE"},
+	},
 	{SweeperSchema, "adoption", []string{"id", "watermark", "last_full_pass"}, []string{"SELECT", "UPDATE"}},
 }
 

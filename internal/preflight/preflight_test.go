@@ -87,31 +87,55 @@ func TestEachFailureNamesItsCheckAndWhy(t *testing.T) {
 		failed string
 		detail string
 	}{
-		{"no tasker schema", func(f *Facts) { delete(f.Schemas, TaskerSchema) }, Options{},
-			CheckTaskerSchema, "schema tasker not found"},
-		{"missing table", func(f *Facts) { delete(f.Relations, "tasker.workflow_step_edges") }, Options{},
-			CheckTaskerSchema, "table tasker.workflow_step_edges is missing"},
+		{
+			"no tasker schema", func(f *Facts) { delete(f.Schemas, TaskerSchema) },
+			Options{},
+			CheckTaskerSchema, "schema tasker not found",
+		},
+		{
+			"missing table", func(f *Facts) { delete(f.Relations, "tasker.workflow_step_edges") },
+			Options{},
+			CheckTaskerSchema, "table tasker.workflow_step_edges is missing",
+		},
 		{"missing column", func(f *Facts) {
 			r := f.Relations["tasker.workflow_steps"]
 			r.Columns = []string{"workflow_step_uuid"}
 			f.Relations["tasker.workflow_steps"] = r
 		}, Options{}, CheckTaskerSchema, "tasker.workflow_steps has no column task_uuid, named_step_uuid"},
-		{"no UPDATE on steps", func(f *Facts) { f.Relations["tasker.workflow_steps"].Privileges["UPDATE"] = false },
-			Options{}, CheckPrivileges, "role sweeper lacks UPDATE on tasker.workflow_steps"},
+		{
+			"no UPDATE on steps", func(f *Facts) { f.Relations["tasker.workflow_steps"].Privileges["UPDATE"] = false },
+			Options{},
+			CheckPrivileges, "role sweeper lacks UPDATE on tasker.workflow_steps",
+		},
 		{"no INSERT, UPDATE on transitions", func(f *Facts) {
 			p := f.Relations["tasker.workflow_step_transitions"].Privileges
 			p["INSERT"], p["UPDATE"] = false, false
 		}, Options{}, CheckPrivileges, "lacks INSERT, UPDATE on tasker.workflow_step_transitions"},
-		{"no usage on tasker", func(f *Facts) { f.Schemas[TaskerSchema] = false }, Options{},
-			CheckPrivileges, "lacks USAGE on schema tasker"},
-		{"no DELETE on the schedule", func(f *Facts) { f.Relations["tasker_sweeper.retry_schedule"].Privileges["DELETE"] = false },
-			Options{}, CheckPrivileges, "lacks DELETE on tasker_sweeper.retry_schedule"},
-		{"newer sweeper", func(f *Facts) { f.SweeperVersion = 4 }, Options{},
-			CheckSweeperSchema, "database migrated by a newer sweeper: version 4, this binary knows up to 3"},
-		{"schedule table gone", func(f *Facts) { delete(f.Relations, "tasker_sweeper.adoption") }, Options{},
-			CheckSweeperSchema, "version 3 recorded but table tasker_sweeper.adoption is missing"},
-		{"sweeps failing", func(*Facts) {}, Options{Sweeps: &SweepRecord{Sweeps: 9, ConsecutiveFailures: 3, LastError: "deadlock detected"}},
-			CheckSweeps, "the last 3 sweeps failed: deadlock detected"},
+		{
+			"no usage on tasker", func(f *Facts) { f.Schemas[TaskerSchema] = false },
+			Options{},
+			CheckPrivileges, "lacks USAGE on schema tasker",
+		},
+		{
+			"no DELETE on the schedule", func(f *Facts) { f.Relations["tasker_sweeper.retry_schedule"].Privileges["DELETE"] = false },
+			Options{},
+			CheckPrivileges, "lacks DELETE on tasker_sweeper.retry_schedule",
+		},
+		{
+			"newer sweeper", func(f *Facts) { f.SweeperVersion = 4 },
+			Options{},
+			CheckSweeperSchema, "database migrated by a newer sweeper: version 4, this binary knows up to 3",
+		},
+		{
+			"schedule table gone", func(f *Facts) { delete(f.Relations, "tasker_sweeper.adoption") },
+			Options{},
+			CheckSweeperSchema, "version 3 recorded but table tasker_sweeper.adoption is missing",
+		},
+		{
+			"sweeps failing", func(*Facts) {},
+			Options{Sweeps: &SweepRecord{Sweeps: 9, ConsecutiveFailures: 3, LastError: "deadlock detected"}},
+			CheckSweeps, "the last 3 sweeps failed: deadlock detected",
+		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

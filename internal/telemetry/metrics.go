@@ -161,8 +161,12 @@ func New() *Metrics {
 		v      *prometheus.CounterVec
 		values []string
 	}{
-		{m.sweeps, sweepOutcomes}, {m.batches, batchOutcomes}, {m.skippedTicks, skipReasons},
-		{m.reconciles, reconcileOutcomes}, {m.drift, driftKinds}, {m.adopted, adoptionPasses},
+		{m.sweeps, sweepOutcomes},
+		{m.batches, batchOutcomes},
+		{m.skippedTicks, skipReasons},
+		{m.reconciles, reconcileOutcomes},
+		{m.drift, driftKinds},
+		{m.adopted, adoptionPasses},
 	} {
 		for _, value := range vec.values {
 			vec.v.WithLabelValues(value)

@@ -269,8 +269,10 @@ func TestPromtoolChecksTheMetrics(t *testing.T) {
 	hooks := m.SweepHooks()
 	hooks.BatchDone(sweeper.BatchResult{Claimed: 1, Moved: []sweeper.Moved{{DueAt: time.Now(), MovedAt: time.Now()}}}, nil)
 	hooks.SweepDone(sweeper.Summary{Transitioned: 1}, nil)
-	_, err = m.CountDecisions(stubHandler{res: handling.Result{Action: handling.ActionMarkedAsError,
-		Classification: handling.Classification{Category: handling.CategoryTimeout}}}).Handle(t.Context(), handling.Failure{})
+	_, err = m.CountDecisions(stubHandler{res: handling.Result{
+		Action:         handling.ActionMarkedAsError,
+		Classification: handling.Classification{Category: handling.CategoryTimeout},
+	}}).Handle(t.Context(), handling.Failure{})
 	require.NoError(t, err)
 	cmd := exec.CommandContext(t.Context(), promtool, "check", "metrics")
 	cmd.Stdin = strings.NewReader(scrape(t, m))
