@@ -213,7 +213,7 @@ func TestErrorFallbackDueTime(t *testing.T) {
 		}
 		counts, err := store.CountDue(ctx)
 		require.NoError(t, err)
-		require.Equal(t, sweeper.Counts{Due: 2, NotYetDue: 2, NextDueAt: nextDue}, counts)
+		require.Equal(t, sweeper.DueCounts{Due: 2, NotYetDue: 2, NextDueAt: nextDue}, counts)
 
 		_, err = sw.MoveStep(ctx, notYetManual, false)
 		require.ErrorIs(t, err, sweeper.ErrNotDue)

@@ -52,8 +52,9 @@ type BatchResult struct {
 	Moved []Moved
 }
 
-// Counts is what a sweep would do right now, without writing.
-type Counts struct {
+// DueCounts is what a sweep would do right now, without writing: the due,
+// stranded and not-yet-due steps by the due rule over the tasker tables.
+type DueCounts struct {
 	Due      int64
 	Stranded int64
 	// NotYetDue steps are eligible and waiting for their backoff; the first
@@ -146,7 +147,7 @@ type Store interface {
 	// batches, those another transaction held locked.
 	CountDueLeft(ctx context.Context) (int64, error)
 	// CountDue evaluates the due rule without locking or writing.
-	CountDue(ctx context.Context) (Counts, error)
+	CountDue(ctx context.Context) (DueCounts, error)
 	// Stranded counts the stranded steps and lists up to sample of them.
 	Stranded(ctx context.Context, sample int) (int64, []StrandedStep, error)
 }

@@ -63,7 +63,7 @@ type StepStatusReader interface {
 // StatusCounter counts steps per state and what a sweep would do now.
 type StatusCounter interface {
 	StepCountsByState(ctx context.Context) (map[statemachine.State]int64, error)
-	CountDue(ctx context.Context) (sweeper.Counts, error)
+	CountDue(ctx context.Context) (sweeper.DueCounts, error)
 }
 
 // Readiness reports whether the database answers, as of the last check.
