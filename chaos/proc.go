@@ -168,14 +168,19 @@ func (s *suite) startProc(d *database, name string, args ...string) (*proc, erro
 }
 
 // startDaemon starts `sweeper run` on a free loopback port with a 1 s
-// schedule (plus extra flags) and waits until /readyz answers 200.
+// schedule (plus extra flags) and waits until /readyz answers 200. The ops
+// listener gets a free port of its own: several daemons run at once.
 func (s *suite) startDaemon(ctx context.Context, d *database, name string, extra ...string) (*proc, error) {
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
+	opsAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
 	args := append([]string{
-		"run", "--schedule", "@every 1s", "--http-addr", addr,
+		"run", "--schedule", "@every 1s", "--http-addr", addr, "--ops-addr", opsAddr,
 		"--log-format", "json", "--log-level", "info",
 	}, extra...)
 	p, err := s.startProc(d, name, args...)
