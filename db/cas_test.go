@@ -118,7 +118,7 @@ func TestWriterBetweenClaimAndMoveWins(t *testing.T) {
 		q := dbsqlc.New(tx)
 		var claimed []uuid.UUID
 		if objects == testdb.WithSweeperObjects {
-			rows, err := q.ScheduleClaimDue(ctx, dbsqlc.ScheduleClaimDueParams{BatchLimit: 10})
+			rows, err := q.ScheduleClaimDue(ctx, dbsqlc.ScheduleClaimDueParams{BatchLimit: 10, WindowLimit: 20})
 			require.NoError(t, err)
 			for _, r := range rows {
 				claimed = append(claimed, r.WorkflowStepUUID)

@@ -13,7 +13,9 @@ import (
 // pathStore is what differs between the two sweep paths.
 type pathStore interface {
 	path() sweeper.Path
-	claim(ctx context.Context, q *dbsqlc.Queries, b sweeper.Batch) ([]claim, error)
+	// claim locks up to b.Limit due steps; windowFull says a short batch
+	// did not see every candidate (see sweeper.BatchResult.WindowFull).
+	claim(ctx context.Context, q *dbsqlc.Queries, b sweeper.Batch) (claimed []claim, windowFull bool, err error)
 	// afterMove runs in the batch's transaction once the moved steps are
 	// pending (the schedule path drops their rows).
 	afterMove(ctx context.Context, q *dbsqlc.Queries, moved []sweeper.Moved) error

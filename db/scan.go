@@ -22,8 +22,11 @@ type scanStore struct{ *base }
 
 func (*scanStore) path() sweeper.Path { return sweeper.PathScan }
 
-func (s *scanStore) claim(ctx context.Context, q *dbsqlc.Queries, b sweeper.Batch) ([]claim, error) {
-	return claims(q.SweepClaimDue(ctx, dbsqlc.SweepClaimDueParams{Now: s.now(), BatchLimit: int32(b.Limit)}))
+// claim evaluates the rule over every waiting step; SKIP LOCKED sits below
+// the LIMIT, so a short batch has seen every candidate.
+func (s *scanStore) claim(ctx context.Context, q *dbsqlc.Queries, b sweeper.Batch) ([]claim, bool, error) {
+	got, err := claims(q.SweepClaimDue(ctx, dbsqlc.SweepClaimDueParams{Now: s.now(), BatchLimit: int32(b.Limit)}))
+	return got, false, err
 }
 
 func (*scanStore) afterMove(context.Context, *dbsqlc.Queries, []sweeper.Moved) error { return nil }

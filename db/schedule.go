@@ -24,8 +24,18 @@ type scheduleStore struct{ *base }
 
 func (*scheduleStore) path() sweeper.Path { return sweeper.PathSchedule }
 
-func (s *scheduleStore) claim(ctx context.Context, q *dbsqlc.Queries, b sweeper.Batch) ([]claim, error) {
-	return claims(q.ScheduleClaimDue(ctx, dbsqlc.ScheduleClaimDueParams{Now: s.now(), BatchLimit: int32(b.Limit)}))
+func (s *scheduleStore) claim(ctx context.Context, q *dbsqlc.Queries, b sweeper.Batch) ([]claim, bool, error) {
+	window := max(b.Window, b.Limit)
+	got, err := claims(q.ScheduleClaimDue(ctx, dbsqlc.ScheduleClaimDueParams{
+		Now: s.now(), WindowLimit: int32(window), BatchLimit: int32(b.Limit),
+	}))
+	if err != nil || len(got) == b.Limit {
+		return got, false, err
+	}
+	// Short: was every candidate seen, or was the window full of rows this
+	// batch could not take?
+	full, err := q.ScheduleWindowFull(ctx, dbsqlc.ScheduleWindowFullParams{Now: s.now(), WindowLimit: int64(window)})
+	return got, full, err
 }
 
 // afterMove drops the moved steps' schedule rows in the batch's transaction.

@@ -44,7 +44,7 @@ func (s *base) moveDueBatch(ctx context.Context, p pathStore, b sweeper.Batch) (
 				Now: s.now(), WorkflowStepUUID: *b.OnlyStep, Force: b.Force,
 			}))
 		} else {
-			claimed, err = p.claim(ctx, q, b)
+			claimed, res.WindowFull, err = p.claim(ctx, q, b)
 		}
 		if err != nil {
 			return fmt.Errorf("claim due steps: %w", asSentinel(err))

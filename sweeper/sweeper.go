@@ -27,6 +27,11 @@ type Batch struct {
 	// Number is the batch's sequence number within its sweep, from 1.
 	Number int
 	Limit  int
+	// Window is how many of the earliest-due candidates a store that reads
+	// a schedule may look through for Limit movable ones; it grows within a
+	// sweep while candidates are locked by others or cannot move (see
+	// BatchResult.WindowFull). Zero means Limit.
+	Window int
 	// OnlyStep, when set, restricts the claim to that step (a manual retry).
 	OnlyStep *uuid.UUID
 	// Force skips the due-time condition (only with OnlyStep).
@@ -50,6 +55,11 @@ type BatchResult struct {
 	Claimed int
 	// Moved are the steps actually moved; Claimed - len(Moved) lost a race.
 	Moved []Moved
+	// WindowFull says a short batch did not see every candidate: its
+	// window was full of rows it could not take (locked by another
+	// transaction, or not movable), so more may lie beyond it. The sweep
+	// goes on with a larger window instead of ending.
+	WindowFull bool
 }
 
 // DueCounts is what a sweep would do right now, without writing: the due,
@@ -448,6 +458,9 @@ func (s *Sweeper) logReconciliation(res Reconciliation) {
 	s.logger.Info("reconcile: the schedule matches the tasker tables", attrs...)
 }
 
+// maxWindow bounds how many candidates one batch looks through.
+const maxWindow = 1 << 20
+
 func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary) error {
 	var (
 		mu        sync.Mutex
@@ -458,12 +471,30 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 	)
 	g := new(errgroup.Group)
 	g.SetLimit(s.cfg.Workers)
+	// The candidate window starts at twice the batch and doubles whenever a
+	// short batch's window was full of rows it could not take (locked by
+	// the orchestrator, say), so locked rows never end a sweep.
+	var window atomic.Int64
+	window.Store(int64(2 * s.cfg.BatchSize))
 	for !exhausted.Load() && ctx.Err() == nil {
 		number++
-		batch := Batch{SweepID: sum.SweepID, Number: number, Limit: s.cfg.BatchSize, NotifyChannel: s.cfg.NotifyChannel}
+		batch := Batch{
+			SweepID: sum.SweepID, Number: number, Limit: s.cfg.BatchSize, Window: int(window.Load()),
+			NotifyChannel: s.cfg.NotifyChannel,
+		}
 		runAndTally := func() error {
 			res, err := s.runBatch(ctx, batch)
-			if err != nil || res.Claimed < batch.Limit {
+			switch {
+			case err != nil:
+				exhausted.Store(true)
+			case res.Claimed < batch.Limit && res.WindowFull:
+				grown := min(int64(batch.Window)*2, maxWindow)
+				if grown == int64(batch.Window) {
+					exhausted.Store(true) // as far as one sweep looks; the next goes on
+				}
+				for w := window.Load(); w < grown && !window.CompareAndSwap(w, grown); w = window.Load() {
+				}
+			case res.Claimed < batch.Limit:
 				exhausted.Store(true)
 			}
 			if err != nil && s.abortContext().Err() != nil && errors.Is(err, context.Canceled) {

@@ -14,12 +14,26 @@ SELECT (to_regclass('tasker_sweeper.retry_schedule') IS NOT NULL
 -- name: ScheduleClaimDue :many
 -- SweepClaimDue driven by the schedule: candidates come from the due_at
 -- index in due order, so the cost follows the number of due steps, not the
--- size of the tables. The full due rule is re-checked against the tasker
--- tables (the schedule is only a hint), and the schedule row, the step row
--- and its current transition are locked, skipping rows others hold. The locks are taken
--- below the LIMIT, in the same query that walks the index: a candidate
--- another transaction holds is skipped without using up a place in the
--- batch, so a short batch really means nothing more is movable now.
+-- size of the tables. The candidates (the @window_limit earliest overdue
+-- rows) are picked first, by the due_at index alone, so the plan stays a
+-- handful of index probes per step whatever the statistics say (a burst of
+-- adopted rows looks like an empty table; the rule's filters look
+-- selective). The full due rule is then re-checked against the tasker
+-- tables (the schedule is only a hint), and the step row and its current
+-- transition are locked, skipping rows others hold (another batch, the
+-- orchestrator working on a step). Those locks are taken below the batch's
+-- LIMIT, so only the claimed steps are locked and a held step never uses up
+-- a place in the batch; when the window is full of steps the batch cannot
+-- take, the sweep asks again with a larger window (ScheduleWindowFull), so
+-- held steps never end a sweep. Schedule rows are not locked here: rows are
+-- hints, and ScheduleForget skips a row another transaction is rewriting.
+WITH candidates AS MATERIALIZED (
+    SELECT s.workflow_step_uuid, s.due_at
+    FROM tasker_sweeper.retry_schedule s
+    WHERE s.due_at <= coalesce(sqlc.narg('now')::timestamptz, now())
+    ORDER BY s.due_at
+    LIMIT @window_limit
+)
 SELECT
     ws.workflow_step_uuid,
     ws.task_uuid,
@@ -36,12 +50,11 @@ SELECT
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) END,
         CASE WHEN isfinite(cur.created_at) THEN cur.created_at END,
         coalesce(sqlc.narg('now')::timestamptz, now())::timestamp)::timestamp AS due_at
-FROM tasker_sweeper.retry_schedule s
-JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
+FROM candidates c
+JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = c.workflow_step_uuid
 JOIN tasker.workflow_step_transitions cur
-    ON cur.workflow_step_uuid = s.workflow_step_uuid AND cur.most_recent
-WHERE s.due_at <= coalesce(sqlc.narg('now')::timestamptz, now())
-  AND cur.to_state = 'waiting_for_retry'
+    ON cur.workflow_step_uuid = c.workflow_step_uuid AND cur.most_recent
+WHERE cur.to_state = 'waiting_for_retry'
   AND (NOT ws.processed
        AND NOT ws.in_process
        AND NOT coalesce((
@@ -59,11 +72,17 @@ WHERE s.due_at <= coalesce(sqlc.narg('now')::timestamptz, now())
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
          WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce(sqlc.narg('now')::timestamptz, now()), true)
-ORDER BY s.due_at
+ORDER BY c.due_at
 LIMIT @batch_limit
--- The schedule row too: the batch deletes it, and a row another transaction
--- is rewriting (a reconcile pass) is left for the next sweep, never waited for.
-FOR UPDATE OF s, ws, cur SKIP LOCKED;
+FOR UPDATE OF ws, cur SKIP LOCKED;
+
+-- name: ScheduleWindowFull :one
+-- Whether at least @window_limit schedule rows are overdue: a short batch
+-- whose window was full (of rows held by others or not movable) may have
+-- left movable rows beyond it.
+SELECT count(*) >= @window_limit::bigint AS full
+FROM (SELECT 1 FROM tasker_sweeper.retry_schedule
+      WHERE due_at <= coalesce(sqlc.narg('now')::timestamptz, now()) LIMIT @window_limit) overdue;
 
 -- name: ScheduleCountDueLeft :one
 -- Due steps a sweep left behind (schedule path): after its last short
@@ -95,8 +114,14 @@ WHERE s.due_at <= coalesce(sqlc.narg('now')::timestamptz, now())
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce(sqlc.narg('now')::timestamptz, now()), true);
 
 -- name: ScheduleForget :exec
--- Drops the schedule rows of steps a batch moved to pending.
-DELETE FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = ANY(@step_uuids::uuid[]);
+-- Drops the schedule rows of steps a batch moved to pending. A row another
+-- transaction holds (a reconcile pass rewriting it) is skipped, never waited
+-- for: the next re-evaluation drops it, its step being no longer waiting.
+DELETE FROM tasker_sweeper.retry_schedule
+WHERE workflow_step_uuid IN (
+    SELECT f.workflow_step_uuid FROM tasker_sweeper.retry_schedule f
+    WHERE f.workflow_step_uuid = ANY(@step_uuids::uuid[])
+    FOR UPDATE SKIP LOCKED);
 
 -- name: FailureApplyScheduled :one
 -- The inline handler's whole write on the schedule path, as one statement (so

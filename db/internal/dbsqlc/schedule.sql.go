@@ -269,6 +269,13 @@ func (q *Queries) ScheduleAdopt(ctx context.Context, arg ScheduleAdoptParams) (S
 }
 
 const scheduleClaimDue = `-- name: ScheduleClaimDue :many
+WITH candidates AS MATERIALIZED (
+    SELECT s.workflow_step_uuid, s.due_at
+    FROM tasker_sweeper.retry_schedule s
+    WHERE s.due_at <= coalesce($1::timestamptz, now())
+    ORDER BY s.due_at
+    LIMIT $3
+)
 SELECT
     ws.workflow_step_uuid,
     ws.task_uuid,
@@ -285,12 +292,11 @@ SELECT
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) END,
         CASE WHEN isfinite(cur.created_at) THEN cur.created_at END,
         coalesce($1::timestamptz, now())::timestamp)::timestamp AS due_at
-FROM tasker_sweeper.retry_schedule s
-JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = s.workflow_step_uuid
+FROM candidates c
+JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = c.workflow_step_uuid
 JOIN tasker.workflow_step_transitions cur
-    ON cur.workflow_step_uuid = s.workflow_step_uuid AND cur.most_recent
-WHERE s.due_at <= coalesce($1::timestamptz, now())
-  AND cur.to_state = 'waiting_for_retry'
+    ON cur.workflow_step_uuid = c.workflow_step_uuid AND cur.most_recent
+WHERE cur.to_state = 'waiting_for_retry'
   AND (NOT ws.processed
        AND NOT ws.in_process
        AND NOT coalesce((
@@ -308,14 +314,15 @@ WHERE s.due_at <= coalesce($1::timestamptz, now())
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
          WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce($1::timestamptz, now()), true)
-ORDER BY s.due_at
+ORDER BY c.due_at
 LIMIT $2
-FOR UPDATE OF s, ws, cur SKIP LOCKED
+FOR UPDATE OF ws, cur SKIP LOCKED
 `
 
 type ScheduleClaimDueParams struct {
-	Now        *time.Time
-	BatchLimit int32
+	Now         *time.Time
+	BatchLimit  int32
+	WindowLimit int32
 }
 
 type ScheduleClaimDueRow struct {
@@ -326,16 +333,21 @@ type ScheduleClaimDueRow struct {
 
 // SweepClaimDue driven by the schedule: candidates come from the due_at
 // index in due order, so the cost follows the number of due steps, not the
-// size of the tables. The full due rule is re-checked against the tasker
-// tables (the schedule is only a hint), and the schedule row, the step row
-// and its current transition are locked, skipping rows others hold. The locks are taken
-// below the LIMIT, in the same query that walks the index: a candidate
-// another transaction holds is skipped without using up a place in the
-// batch, so a short batch really means nothing more is movable now.
-// The schedule row too: the batch deletes it, and a row another transaction
-// is rewriting (a reconcile pass) is left for the next sweep, never waited for.
+// size of the tables. The candidates (the @window_limit earliest overdue
+// rows) are picked first, by the due_at index alone, so the plan stays a
+// handful of index probes per step whatever the statistics say (a burst of
+// adopted rows looks like an empty table; the rule's filters look
+// selective). The full due rule is then re-checked against the tasker
+// tables (the schedule is only a hint), and the step row and its current
+// transition are locked, skipping rows others hold (another batch, the
+// orchestrator working on a step). Those locks are taken below the batch's
+// LIMIT, so only the claimed steps are locked and a held step never uses up
+// a place in the batch; when the window is full of steps the batch cannot
+// take, the sweep asks again with a larger window (ScheduleWindowFull), so
+// held steps never end a sweep. Schedule rows are not locked here: rows are
+// hints, and ScheduleForget skips a row another transaction is rewriting.
 func (q *Queries) ScheduleClaimDue(ctx context.Context, arg ScheduleClaimDueParams) ([]ScheduleClaimDueRow, error) {
-	rows, err := q.db.Query(ctx, scheduleClaimDue, arg.Now, arg.BatchLimit)
+	rows, err := q.db.Query(ctx, scheduleClaimDue, arg.Now, arg.BatchLimit, arg.WindowLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -392,10 +404,16 @@ func (q *Queries) ScheduleCountDueLeft(ctx context.Context, now *time.Time) (int
 }
 
 const scheduleForget = `-- name: ScheduleForget :exec
-DELETE FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = ANY($1::uuid[])
+DELETE FROM tasker_sweeper.retry_schedule
+WHERE workflow_step_uuid IN (
+    SELECT f.workflow_step_uuid FROM tasker_sweeper.retry_schedule f
+    WHERE f.workflow_step_uuid = ANY($1::uuid[])
+    FOR UPDATE SKIP LOCKED)
 `
 
-// Drops the schedule rows of steps a batch moved to pending.
+// Drops the schedule rows of steps a batch moved to pending. A row another
+// transaction holds (a reconcile pass rewriting it) is skipped, never waited
+// for: the next re-evaluation drops it, its step being no longer waiting.
 func (q *Queries) ScheduleForget(ctx context.Context, stepUuids []uuid.UUID) error {
 	_, err := q.db.Exec(ctx, scheduleForget, stepUuids)
 	return err
@@ -692,4 +710,25 @@ func (q *Queries) ScheduleStrandedSample(ctx context.Context, sampleLimit int32)
 		return nil, err
 	}
 	return items, nil
+}
+
+const scheduleWindowFull = `-- name: ScheduleWindowFull :one
+SELECT count(*) >= $1::bigint AS full
+FROM (SELECT 1 FROM tasker_sweeper.retry_schedule
+      WHERE due_at <= coalesce($2::timestamptz, now()) LIMIT $1) overdue
+`
+
+type ScheduleWindowFullParams struct {
+	WindowLimit int64
+	Now         *time.Time
+}
+
+// Whether at least @window_limit schedule rows are overdue: a short batch
+// whose window was full (of rows held by others or not movable) may have
+// left movable rows beyond it.
+func (q *Queries) ScheduleWindowFull(ctx context.Context, arg ScheduleWindowFullParams) (bool, error) {
+	row := q.db.QueryRow(ctx, scheduleWindowFull, arg.WindowLimit, arg.Now)
+	var full bool
+	err := row.Scan(&full)
+	return full, err
 }
