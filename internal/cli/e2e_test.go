@@ -135,12 +135,13 @@ func TestFlagsWinOverTheEnvironment(t *testing.T) {
 	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	testdb.SeedDue(t, pool, 10)
-	res := runCLI(t, []string{"DATABASE_URL=" + url, "SWEEPER_BATCH_SIZE=2"}, "once", "--json", "--batch-size", "5")
+	res := runCLI(t, []string{"DATABASE_URL=" + url, "SWEEPER_BATCH_SIZE=2"}, "once", "--json", "--workers", "1", "--batch-size", "5")
 	require.Equal(t, 0, res.code, res.stderr)
 	require.EqualValues(t, 2, decodeSummary(t, res.stdout)["batches"], "--batch-size 5, not $SWEEPER_BATCH_SIZE 2")
 
 	testdb.SeedDue(t, pool, 10)
-	res = runCLI(t, []string{"DATABASE_URL=" + url, "SWEEPER_BATCH_SIZE=2"}, "once", "--json")
+	// One worker: concurrent batches would share the steps unevenly.
+	res = runCLI(t, []string{"DATABASE_URL=" + url, "SWEEPER_BATCH_SIZE=2"}, "once", "--json", "--workers", "1")
 	require.Equal(t, 0, res.code, res.stderr)
 	require.EqualValues(t, 5, decodeSummary(t, res.stdout)["batches"], "the environment fills in a missing flag")
 }
