@@ -50,6 +50,9 @@ type BatchResult struct {
 	Claimed int
 	// Moved are the steps actually moved; Claimed - len(Moved) lost a race.
 	Moved []Moved
+	// Trigger is what started the batch's sweep (set by the sweeper, not
+	// the store).
+	Trigger Trigger
 }
 
 // Counts is what a sweep would do right now, without writing.
@@ -227,6 +230,10 @@ type Summary struct {
 	LostRaces int `json:"lost_races"`
 	// Path is how due steps were found: schedule or scan.
 	Path Path `json:"path"`
+	// Trigger is what started the sweep: cron, manual, or the timer gate's
+	// timer, notify or adoption. A timed sweep leaves Adopted, Stranded and
+	// SkippedLocked at zero: the cron sweeps count those.
+	Trigger Trigger `json:"trigger"`
 	// Adopted is how many steps parked by other writers joined the schedule.
 	Adopted int `json:"adopted"`
 	// SkippedLocked is how many due steps were left waiting because another
@@ -283,9 +290,20 @@ const strandedSampleSize = 10
 // shutdown never leaves a half-moved batch. A failed batch is counted and
 // stops the sweep; RunOnce then returns an error with the summary so far.
 func (s *Sweeper) RunOnce(ctx context.Context, dryRun bool) (Summary, error) {
-	sum := Summary{SweepID: newSweepID(), DryRun: dryRun, StartedAt: time.Now()}
+	return s.run(ctx, dryRun, TriggerManual)
+}
+
+// run is one sweep started by trigger: a timed one (the timer gate's) is
+// short, see Trigger.Timed.
+func (s *Sweeper) run(ctx context.Context, dryRun bool, trigger Trigger) (Summary, error) {
+	sum := Summary{SweepID: newSweepID(), DryRun: dryRun, Trigger: trigger, StartedAt: time.Now()}
 	log := s.logger.With(slog.String("sweep_id", sum.SweepID.String()))
-	err := s.sweep(ctx, log, &sum)
+	var err error
+	if trigger.Timed() && !dryRun {
+		err = s.sweepDue(ctx, log, &sum)
+	} else {
+		err = s.sweep(ctx, log, &sum)
+	}
 	sum.Duration = time.Since(sum.StartedAt)
 	sum.DurationMS = float64(sum.Duration.Microseconds()) / 1000
 	s.report(log, sum, err)
@@ -295,7 +313,8 @@ func (s *Sweeper) RunOnce(ctx context.Context, dryRun bool) (Summary, error) {
 	return sum, err
 }
 
-func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) error {
+// choosePath asks the store for its path and announces a change of path.
+func (s *Sweeper) choosePath(ctx context.Context, log *slog.Logger, sum *Summary) error {
 	path, err := s.store.Path(ctx)
 	if err != nil {
 		return fmt.Errorf("choose sweep path: %w", err)
@@ -308,6 +327,41 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 			log.Warn("sweep path: scan (sweeper-owned objects missing; every waiting step is evaluated on " +
 				"each sweep: run 'sweeper migrate' to install them)")
 		}
+	}
+	return nil
+}
+
+// sweepDue is a timed sweep (the timer gate's): a probe just found a
+// schedule row due, so it re-evaluates the overdue rows that cannot move and
+// runs the batches. Adoption has its own loop; the stranded count and the
+// count of locked steps are the cron sweeps'.
+func (s *Sweeper) sweepDue(ctx context.Context, log *slog.Logger, sum *Summary) error {
+	if err := s.choosePath(ctx, log, sum); err != nil {
+		return err
+	}
+	ds, ok := s.store.(DueStore)
+	if !ok {
+		return ErrNoSchedule
+	}
+	prep, err := ds.PrepareDue(ctx)
+	if err != nil {
+		return fmt.Errorf("prepare sweep: %w", err)
+	}
+	if prep.Dropped > 0 || prep.Deferred > 0 {
+		log.Debug("schedule rows re-evaluated", slog.Int("dropped", prep.Dropped), slog.Int("deferred", prep.Deferred))
+	}
+	if err := s.runBatches(ctx, log, sum); err != nil {
+		return err
+	}
+	if sum.Interrupted {
+		return ErrInterrupted
+	}
+	return nil
+}
+
+func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) error {
+	if err := s.choosePath(ctx, log, sum); err != nil {
+		return err
 	}
 	if sum.DryRun {
 		counts, err := s.store.CountDue(ctx)
@@ -412,7 +466,7 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 		number++
 		batch := Batch{SweepID: sum.SweepID, Number: number, Limit: s.cfg.BatchSize, NotifyChannel: s.cfg.NotifyChannel}
 		runAndTally := func() error {
-			res, err := s.runBatch(ctx, batch)
+			res, err := s.runBatch(ctx, batch, sum.Trigger)
 			if err != nil || res.Claimed < batch.Limit {
 				exhausted.Store(true)
 			}
@@ -461,11 +515,12 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 // runBatch runs one batch transaction. It is detached from ctx's
 // cancellation so that a shutdown lets it commit, bounded by BatchTimeout;
 // panics are recovered into errors so one bad batch cannot kill the daemon.
-func (s *Sweeper) runBatch(ctx context.Context, b Batch) (res BatchResult, err error) {
+func (s *Sweeper) runBatch(ctx context.Context, b Batch, trigger Trigger) (res BatchResult, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("batch %d panicked: %v\n%s", b.Number, r, debug.Stack())
 		}
+		res.Trigger = trigger
 		if s.hooks.BatchDone != nil {
 			s.hooks.BatchDone(res, err)
 		}
@@ -497,7 +552,7 @@ func (s *Sweeper) abortContext() context.Context {
 func (s *Sweeper) MoveStep(ctx context.Context, step uuid.UUID, force bool) (Moved, error) {
 	res, err := s.runBatch(ctx, Batch{
 		SweepID: newSweepID(), Number: 1, Limit: 1, OnlyStep: &step, Force: force, NotifyChannel: s.cfg.NotifyChannel,
-	})
+	}, TriggerManual)
 	if err != nil {
 		return Moved{}, err
 	}
@@ -520,6 +575,7 @@ var ErrNotDue = errors.New("step is not due")
 
 func (s *Sweeper) report(log *slog.Logger, sum Summary, err error) {
 	attrs := []any{
+		slog.String("trigger", string(sum.Trigger)),
 		slog.Bool("dry_run", sum.DryRun),
 		slog.Int("transitioned", sum.Transitioned),
 		slog.Int64("stranded", sum.Stranded),
@@ -535,7 +591,8 @@ func (s *Sweeper) report(log *slog.Logger, sum Summary, err error) {
 		log.Warn("sweep interrupted by shutdown: the rest waits for the next sweep", attrs...)
 	case err != nil:
 		log.Error("sweep failed", append(attrs, slog.Any("error", err))...)
-	case sum.Transitioned > 0 || sum.LostRaces > 0:
+	case (sum.Transitioned > 0 || sum.LostRaces > 0) && !sum.Trigger.Timed():
+		// Timed sweeps run up to 1/gap times a second: debug only.
 		log.Info("sweep finished", attrs...)
 	default:
 		log.Debug("sweep finished", attrs...)

@@ -170,11 +170,22 @@ WITH locked AS (
       AND step.backoff_request_seconds IS NOT NULL
     ON CONFLICT (workflow_step_uuid)
     DO UPDATE SET due_at = excluded.due_at, stranded = false, updated_at = now()
+    RETURNING due_at
+), woken AS (
+    -- Every daemon LISTENs on tasker_sweeper_parked and arms its timer for
+    -- the due time in the payload (RFC 3339, UTC, microseconds). Sent in
+    -- this statement's transaction, so it is delivered only if the park
+    -- commits.
+    SELECT pg_notify('tasker_sweeper_parked', to_char(parked.due_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    FROM parked
+    WHERE isfinite(parked.due_at)
 )
 SELECT
     -- now(): the last_attempted_at just written, when there was one.
     now()::timestamp AS written_at,
-    EXISTS (SELECT 1 FROM appended) AS written
+    EXISTS (SELECT 1 FROM appended) AS written,
+    -- Referencing woken is what runs it (a plain CTE nobody reads is skipped).
+    (SELECT count(*) FROM woken)::bigint AS notified
 FROM locked;
 
 -- name: ScheduleReschedule :one
@@ -279,10 +290,16 @@ WITH adopted AS (
     -- probe each. (A NOT EXISTS here let the planner, trusting the empty
     -- table's statistics, rescan the growing schedule for every row.)
     ON CONFLICT (workflow_step_uuid) DO NOTHING
-    RETURNING 1
+    RETURNING due_at
 )
 SELECT
     count(*)::bigint AS adopted,
+    -- The earliest due time among the adopted rows, for the timer gate: a
+    -- -infinity (always past) is now, an infinity (never) is left out.
+    -- (now() when nothing finite was adopted).
+    coalesce(min(CASE WHEN isfinite(due_at) THEN due_at
+                      WHEN due_at < 'infinity'::timestamp THEN now()::timestamp END),
+             now())::timestamp AS earliest_due,
     now()::timestamp AS scanned_at,
     coalesce(
         (SELECT min(a.xact_start) FROM pg_catalog.pg_stat_activity a
@@ -402,6 +419,48 @@ WHERE id = (SELECT a.id FROM tasker_sweeper.adoption a WHERE a.id = 1 FOR UPDATE
 -- Whether any schedule row's time has come: when none has, a sweep has
 -- nothing to claim or re-evaluate. One probe of the due_at index.
 SELECT EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule WHERE due_at <= coalesce(sqlc.narg('now')::timestamptz, now())) AS overdue;
+
+-- name: ScheduleProbe :one
+-- The timer gate's one look at the schedule, after each sweep and at each
+-- timer wake-up: two probes of the due_at index up to a horizon, now() or
+-- the earlier @until (the wake-up's own time, so that every replica waking
+-- for it looks at the same rows). due_now says some row's time came after
+-- @after (NULL: ever) and by the horizon: rows due at or before @after were
+-- due when this process last looked, and what is left of them could not
+-- move (locked, blocked) and is the cron sweeps' to retry. next_due is the
+-- earliest due time after the horizon (infinity never comes; has_next false
+-- and next_due = db_now when there is none). With @take_lease, when
+-- something is due, it also tries to take the replicas' timer lease (a
+-- session advisory lock): the replica holding it sweeps what is due, the
+-- others leave it alone. @drop_lease gives it back (the same session).
+-- MATERIALIZED: each part runs once, and the lease is tried last.
+WITH c AS MATERIALIZED (
+    SELECT
+        coalesce(sqlc.narg('now')::timestamptz, now())::timestamp AS db_now,
+        least(coalesce(sqlc.narg('until')::timestamp, coalesce(sqlc.narg('now')::timestamptz, now())::timestamp),
+              coalesce(sqlc.narg('now')::timestamptz, now())::timestamp) AS horizon
+), p AS MATERIALIZED (
+    SELECT
+        c.db_now,
+        EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule s
+                WHERE s.due_at <= c.horizon
+                  AND (sqlc.narg('after')::timestamp IS NULL OR s.due_at > sqlc.narg('after')::timestamp)) AS due_now,
+        (SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
+         WHERE s.due_at > c.horizon AND s.due_at < 'infinity'::timestamp) AS next_due
+    FROM c
+)
+SELECT
+    p.db_now,
+    p.due_now,
+    (p.next_due IS NOT NULL)::boolean AS has_next,
+    coalesce(p.next_due, p.db_now)::timestamp AS next_due,
+    (CASE WHEN @take_lease::boolean AND p.due_now
+          THEN pg_try_advisory_lock(hashtext('tasker_sweeper.timer'), 0)
+          ELSE false END)::boolean AS leased,
+    (CASE WHEN @drop_lease::boolean
+          THEN pg_advisory_unlock(hashtext('tasker_sweeper.timer'), 0)
+          ELSE false END)::boolean AS released
+FROM p;
 
 -- name: ScheduleStranded :one
 -- Stranded steps as of their last evaluation, from the schedule's partial index.

@@ -30,6 +30,8 @@ type daemonConfig struct {
 	grace       time.Duration
 	// reconcileInterval is how old the last reconcile pass may get.
 	reconcileInterval time.Duration
+	// wake is the timer gate's configuration (wake.go).
+	wake wakeConfig
 }
 
 // sweepFlags registers the sweep's flags (shared by run and once).
@@ -73,6 +75,7 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	grace := f.fs.Duration("shutdown-grace", 30*time.Second,
 		"how long a shutdown waits for in-flight batches before cancelling them (they roll back whole)")
 	reconcile := reconcileFlag(f)
+	wake := wakeFlags(f)
 	f.env("schedule", "SWEEPER_SCHEDULE")
 	f.env("http-addr", "SWEEPER_HTTP_ADDR")
 	f.env("admin-token", "SWEEPER_ADMIN_TOKEN")
@@ -80,9 +83,12 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	return func() (daemonConfig, error) {
 		cfg := daemonConfig{
 			databaseURL: *dbURL, schedule: *schedule, sweep: *sweepCfg, handler: *handlerCfg,
-			httpAddr: *httpAddr, adminToken: *token, grace: *grace, reconcileInterval: *reconcile,
+			httpAddr: *httpAddr, adminToken: *token, grace: *grace, reconcileInterval: *reconcile, wake: *wake,
 		}
 		if err := checkReconcileInterval(cfg.reconcileInterval); err != nil {
+			return cfg, err
+		}
+		if err := cfg.wake.check(); err != nil {
 			return cfg, err
 		}
 		if err := checkDatabaseURL(cfg.databaseURL); err != nil {
@@ -166,6 +172,8 @@ type daemonHooks struct {
 	// metrics receives the metrics handler (what GET /metrics serves),
 	// which stays readable after the daemon stopped.
 	metrics func(http.Handler)
+	// listenerUp receives every change of the park listener's connection.
+	listenerUp func(up bool)
 }
 
 // serveDaemon runs the daemon until ctx is cancelled: admin API, database
@@ -208,8 +216,13 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	if err != nil {
 		return configError(err)
 	}
+	gate, err := newWakeGate(cfg.wake, cfg.databaseURL, sw, metrics, logger, health.Ready, hooks.listenerUp)
+	if err != nil {
+		return err
+	}
 	sched, err := sweeper.NewScheduler(sw, cfg.schedule, logger, sweeper.SchedulerOptions{
 		DatabaseReady: health.Ready, OnSkippedTick: metrics.SkippedTick,
+		OnWake: metrics.Wake, Gate: gate.options(),
 	})
 	if err != nil {
 		return usageErrorf("invalid --schedule: %v", err)
@@ -230,15 +243,16 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 		StepStatus: store,
 		Status:     store,
 		Readiness:  health,
+		WakeMode:   sched.WakeMode,
 		Metrics:    metrics.Handler(),
 		Token:      cfg.adminToken,
 		Logger:     logger,
 	}), admin.DefaultLimits(), logger)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(listener) }()
-	logger.Info("sweeper running",
+	logger.Info("sweeper running", append([]any{
 		slog.String("http_addr", listener.Addr().String()), slog.String("schedule", cfg.schedule),
-		slog.Int("batch_size", cfg.sweep.BatchSize), slog.Int("workers", cfg.sweep.Workers))
+		slog.Int("batch_size", cfg.sweep.BatchSize), slog.Int("workers", cfg.sweep.Workers)}, gate.logAttrs()...)...)
 	if hooks.started != nil {
 		hooks.started(listener.Addr().String())
 	}
@@ -249,6 +263,7 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	go func() { defer close(healthDone); health.run(runCtx) }()
 	schedDone := make(chan struct{})
 	go func() { defer close(schedDone); sched.Run(runCtx) }()
+	gateWait := gate.start(runCtx)
 	reconcileDone := make(chan struct{})
 	go func() {
 		defer close(reconcileDone)
@@ -288,6 +303,7 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	}
 	<-healthDone
 	<-reconcileDone // a pass in flight is cancelled: it rolls back whole
+	gateWait()
 	logger.Info("sweeper stopped")
 	return runErr
 }

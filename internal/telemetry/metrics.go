@@ -1,7 +1,8 @@
 // Package telemetry owns the daemon's Prometheus metrics: the registry and
 // its series, and the adapters that feed them from the sweeper's hooks, the
-// scheduler's skipped ticks, the full adoption passes, the database health
-// checks and the inline handler's decisions.
+// scheduler's skipped ticks and wake-ups, the adoption loop, the reconcile
+// passes, the database health checks, the park listener and the inline
+// handler's decisions.
 package telemetry
 
 import (
@@ -27,7 +28,7 @@ type Metrics struct {
 	lostRaces    prometheus.Counter
 	batches      *prometheus.CounterVec
 	duration     prometheus.Histogram
-	lag          prometheus.Histogram
+	lag          *prometheus.HistogramVec
 	skippedTicks *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
 	databaseUp   prometheus.Gauge
@@ -35,6 +36,9 @@ type Metrics struct {
 	reconciles   *prometheus.CounterVec
 	drift        *prometheus.CounterVec
 	locked       prometheus.Counter
+	wakeups      *prometheus.CounterVec
+	emptyWakeups *prometheus.CounterVec
+	listenerUp   prometheus.Gauge
 }
 
 // New registers every series, plus the Go runtime and process collectors.
@@ -67,11 +71,12 @@ func New() *Metrics {
 			Help:    "Wall time of one sweep.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
 		}),
-		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+		lag: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Name: "due_to_pending_lag_seconds",
-			Help:    "Time from a step becoming due to the sweep moving it to pending (database clock).",
-			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60, 120, 300},
-		}),
+			Help: "Time from a step becoming due to the sweep moving it to pending (database clock), by what started the sweep: " +
+				"timer, notify, adoption (the timer gate), cron, manual.",
+			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60, 120, 300},
+		}, []string{"trigger"}),
 		skippedTicks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "skipped_ticks_total",
 			Help: "Scheduled ticks skipped, by reason: sweep_running, database_unavailable.",
@@ -100,9 +105,22 @@ func New() *Metrics {
 			Namespace: ns, Name: "skipped_locked_steps_total",
 			Help: "Due steps a sweep left waiting because another transaction held them locked (tried again next sweep).",
 		}),
+		wakeups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "wakeups_total",
+			Help: "Scheduler wake-ups by reason: cron (a tick), timer, notify, adoption (the timer gate, by what armed it).",
+		}, []string{"reason"}),
+		emptyWakeups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "empty_wakeups_total",
+			Help: "Timer gate wake-ups that moved nothing (nothing due, or another replica took the batch), by reason.",
+		}, []string{"reason"}),
+		listenerUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "listener_up",
+			Help: "1 while the connection listening for parked steps (the timer gate's notifications) is up.",
+		}),
 	}
 	m.registry.MustRegister(m.sweeps, m.transitioned, m.stranded, m.lostRaces, m.batches, m.duration, m.lag,
 		m.skippedTicks, m.decisions, m.databaseUp, m.adopted, m.reconciles, m.drift, m.locked,
+		m.wakeups, m.emptyWakeups, m.listenerUp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -128,9 +146,13 @@ func (m *Metrics) batchDone(res sweeper.BatchResult, err error) {
 	default:
 		m.batches.WithLabelValues("moved").Inc()
 	}
+	trigger := res.Trigger
+	if trigger == "" {
+		trigger = sweeper.TriggerManual
+	}
 	for _, mv := range res.Moved {
 		if !mv.DueAt.IsZero() {
-			m.lag.Observe(max(mv.MovedAt.Sub(mv.DueAt).Seconds(), 0))
+			m.lag.WithLabelValues(string(trigger)).Observe(max(mv.MovedAt.Sub(mv.DueAt).Seconds(), 0))
 		}
 	}
 }
@@ -153,7 +175,7 @@ func (m *Metrics) sweepDone(sum sweeper.Summary, err error) {
 		m.adopted.WithLabelValues("sweep").Add(float64(sum.Adopted))
 		m.locked.Add(float64(sum.SkippedLocked))
 	}
-	if err == nil {
+	if err == nil && !sum.Trigger.Timed() { // timed sweeps do not count stranded steps
 		m.stranded.Set(float64(sum.Stranded))
 	}
 }
@@ -213,3 +235,25 @@ func (d decisionCounter) Handle(ctx context.Context, f handling.Failure) (handli
 	}
 	return res, err
 }
+
+// Wake counts a scheduler wake-up (fits sweeper.SchedulerOptions.OnWake).
+func (m *Metrics) Wake(reason sweeper.Trigger) { m.wakeups.WithLabelValues(string(reason)).Inc() }
+
+// EmptyWake counts a timer wake-up that moved nothing (fits
+// sweeper.GateOptions.OnEmptyWake).
+func (m *Metrics) EmptyWake(reason sweeper.Trigger) {
+	m.emptyWakeups.WithLabelValues(string(reason)).Inc()
+}
+
+// ListenerUp records the state of the park listener's connection.
+func (m *Metrics) ListenerUp(up bool) {
+	if up {
+		m.listenerUp.Set(1)
+	} else {
+		m.listenerUp.Set(0)
+	}
+}
+
+// Adopted counts the steps the daemon's adoption loop adopted (fits
+// sweeper.AdoptionOptions.OnAdopted), as steps_adopted_total{pass="poll"}.
+func (m *Metrics) Adopted(n int) { m.adopted.WithLabelValues("poll").Add(float64(n)) }

@@ -52,7 +52,7 @@ func TestSweepHooksCountOutcomes(t *testing.T) {
 	m := New()
 	hooks := m.SweepHooks()
 	now := time.Now()
-	hooks.BatchDone(sweeper.BatchResult{Claimed: 2, Moved: []sweeper.Moved{
+	hooks.BatchDone(sweeper.BatchResult{Claimed: 2, Trigger: sweeper.TriggerTimer, Moved: []sweeper.Moved{
 		{DueAt: now.Add(-2 * time.Second), MovedAt: now}, {DueAt: now.Add(time.Second), MovedAt: now},
 	}}, nil)
 	hooks.BatchDone(sweeper.BatchResult{}, nil)
@@ -62,13 +62,16 @@ func TestSweepHooksCountOutcomes(t *testing.T) {
 	hooks.SweepDone(sweeper.Summary{DryRun: true, Transitioned: 9, Stranded: 6}, nil)
 	hooks.SweepDone(sweeper.Summary{Transitioned: 1}, errors.New("batch failed"))
 	hooks.SweepDone(sweeper.Summary{}, context.Canceled)
+	// A timed sweep does not count stranded steps: the gauge keeps its value.
+	hooks.SweepDone(sweeper.Summary{Trigger: sweeper.TriggerNotify}, nil)
 
 	for _, outcome := range []string{"moved", "empty", "failed", "interrupted"} {
 		require.Equal(t, 1.0, counterValue(t, m.batches.WithLabelValues(outcome)), outcome)
 	}
-	for _, outcome := range []string{"success", "dry_run", "failure", "interrupted"} {
+	for _, outcome := range []string{"dry_run", "failure", "interrupted"} {
 		require.Equal(t, 1.0, counterValue(t, m.sweeps.WithLabelValues(outcome)), outcome)
 	}
+	require.Equal(t, 2.0, counterValue(t, m.sweeps.WithLabelValues("success")))
 	require.Equal(t, 3.0, counterValue(t, m.transitioned), "a dry run moves nothing")
 	require.Equal(t, 1.0, counterValue(t, m.lostRaces))
 	require.Equal(t, 7.0, counterValue(t, m.locked))
@@ -77,9 +80,31 @@ func TestSweepHooksCountOutcomes(t *testing.T) {
 	require.NoError(t, m.stranded.Write(&g))
 	require.Equal(t, 6.0, g.GetGauge().GetValue(), "the last successful sweep's count; failed ones do not reset it")
 	var h dto.Metric
-	require.NoError(t, m.lag.Write(&h))
-	require.Equal(t, uint64(2), h.GetHistogram().GetSampleCount())
+	require.NoError(t, m.lag.WithLabelValues("timer").(prometheus.Metric).Write(&h))
+	require.Equal(t, uint64(2), h.GetHistogram().GetSampleCount(), "labelled by the batch's trigger")
 	require.InDelta(t, 2.0, h.GetHistogram().GetSampleSum(), 0.01, "a step moved before its due time counts as 0")
+	var manual dto.Metric
+	require.NoError(t, m.lag.WithLabelValues("manual").(prometheus.Metric).Write(&manual))
+	require.Zero(t, manual.GetHistogram().GetSampleCount())
+}
+
+func TestWakeAndListenerMetrics(t *testing.T) {
+	t.Parallel()
+	m := New()
+	m.Wake(sweeper.TriggerCron)
+	m.Wake(sweeper.TriggerNotify)
+	m.Wake(sweeper.TriggerNotify)
+	m.EmptyWake(sweeper.TriggerNotify)
+	m.Adopted(3)
+	m.ListenerUp(true)
+	m.ListenerUp(false)
+	require.Equal(t, 1.0, counterValue(t, m.wakeups.WithLabelValues("cron")))
+	require.Equal(t, 2.0, counterValue(t, m.wakeups.WithLabelValues("notify")))
+	require.Equal(t, 1.0, counterValue(t, m.emptyWakeups.WithLabelValues("notify")))
+	require.Equal(t, 3.0, counterValue(t, m.adopted.WithLabelValues("poll")))
+	var g dto.Metric
+	require.NoError(t, m.listenerUp.Write(&g))
+	require.Equal(t, 0.0, g.GetGauge().GetValue())
 }
 
 type stubHandler struct {
@@ -117,8 +142,13 @@ func TestHandlerServesTheDocumentedSeries(t *testing.T) {
 	t.Parallel()
 	m := New()
 	hooks := m.SweepHooks()
-	hooks.BatchDone(sweeper.BatchResult{Claimed: 1, Moved: []sweeper.Moved{{DueAt: time.Now(), MovedAt: time.Now()}}}, nil)
+	hooks.BatchDone(sweeper.BatchResult{Claimed: 1, Trigger: sweeper.TriggerCron,
+		Moved: []sweeper.Moved{{DueAt: time.Now(), MovedAt: time.Now()}}}, nil)
 	hooks.SweepDone(sweeper.Summary{Transitioned: 1}, nil)
+	m.Wake(sweeper.TriggerTimer)
+	m.EmptyWake(sweeper.TriggerTimer)
+	m.ListenerUp(true)
+	m.Adopted(1)
 	m.SkippedTick(sweeper.SkipSweepRunning)
 	m.SkippedTick(sweeper.SkipDatabaseUnavailable)
 	m.DatabaseChecked(true)
@@ -143,7 +173,12 @@ func TestHandlerServesTheDocumentedSeries(t *testing.T) {
 		`tasker_sweeper_lost_races_total 0`,
 		`tasker_sweeper_batches_total{outcome="moved"} 1`,
 		`tasker_sweeper_sweep_duration_seconds_count 1`,
-		`tasker_sweeper_due_to_pending_lag_seconds_count 1`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="cron"} 1`,
+		`tasker_sweeper_due_to_pending_lag_seconds_bucket{trigger="cron",le="0.001"}`,
+		`tasker_sweeper_wakeups_total{reason="timer"} 1`,
+		`tasker_sweeper_empty_wakeups_total{reason="timer"} 1`,
+		`tasker_sweeper_listener_up 1`,
+		`tasker_sweeper_steps_adopted_total{pass="poll"} 1`,
 		`tasker_sweeper_skipped_ticks_total{reason="sweep_running"} 1`,
 		`tasker_sweeper_skipped_ticks_total{reason="database_unavailable"} 1`,
 		`tasker_sweeper_handler_decisions_total{action="NoActionTaken",category=""} 1`,
@@ -162,9 +197,9 @@ func TestHandlerServesTheDocumentedSeries(t *testing.T) {
 	}
 	slices.Sort(families)
 	require.Equal(t, []string{
-		"batches_total", "database_up", "due_to_pending_lag_seconds",
-		"handler_decisions_total", "lost_races_total", "reconcile_passes_total", "schedule_drift_total",
+		"batches_total", "database_up", "due_to_pending_lag_seconds", "empty_wakeups_total",
+		"handler_decisions_total", "listener_up", "lost_races_total", "reconcile_passes_total", "schedule_drift_total",
 		"skipped_locked_steps_total", "skipped_ticks_total", "steps_adopted_total",
-		"steps_transitioned_total", "stranded_steps", "sweep_duration_seconds", "sweeps_total",
+		"steps_transitioned_total", "stranded_steps", "sweep_duration_seconds", "sweeps_total", "wakeups_total",
 	}, families, "exactly the README's metrics")
 }

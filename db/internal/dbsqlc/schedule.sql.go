@@ -134,11 +134,22 @@ WITH locked AS (
       AND step.backoff_request_seconds IS NOT NULL
     ON CONFLICT (workflow_step_uuid)
     DO UPDATE SET due_at = excluded.due_at, stranded = false, updated_at = now()
+    RETURNING due_at
+), woken AS (
+    -- Every daemon LISTENs on tasker_sweeper_parked and arms its timer for
+    -- the due time in the payload (RFC 3339, UTC, microseconds). Sent in
+    -- this statement's transaction, so it is delivered only if the park
+    -- commits.
+    SELECT pg_notify('tasker_sweeper_parked', to_char(parked.due_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    FROM parked
+    WHERE isfinite(parked.due_at)
 )
 SELECT
     -- now(): the last_attempted_at just written, when there was one.
     now()::timestamp AS written_at,
-    EXISTS (SELECT 1 FROM appended) AS written
+    EXISTS (SELECT 1 FROM appended) AS written,
+    -- Referencing woken is what runs it (a plain CTE nobody reads is skipped).
+    (SELECT count(*) FROM woken)::bigint AS notified
 FROM locked
 `
 
@@ -154,6 +165,7 @@ type FailureApplyScheduledParams struct {
 type FailureApplyScheduledRow struct {
 	WrittenAt time.Time
 	Written   bool
+	Notified  int64
 }
 
 // The inline handler's whole write on the schedule path, as one statement (so
@@ -178,7 +190,7 @@ func (q *Queries) FailureApplyScheduled(ctx context.Context, arg FailureApplySch
 		arg.Metadata,
 	)
 	var i FailureApplyScheduledRow
-	err := row.Scan(&i.WrittenAt, &i.Written)
+	err := row.Scan(&i.WrittenAt, &i.Written, &i.Notified)
 	return i, err
 }
 
@@ -207,10 +219,16 @@ WITH adopted AS (
     -- probe each. (A NOT EXISTS here let the planner, trusting the empty
     -- table's statistics, rescan the growing schedule for every row.)
     ON CONFLICT (workflow_step_uuid) DO NOTHING
-    RETURNING 1
+    RETURNING due_at
 )
 SELECT
     count(*)::bigint AS adopted,
+    -- The earliest due time among the adopted rows, for the timer gate: a
+    -- -infinity (always past) is now, an infinity (never) is left out.
+    -- (now() when nothing finite was adopted).
+    coalesce(min(CASE WHEN isfinite(due_at) THEN due_at
+                      WHEN due_at < 'infinity'::timestamp THEN now()::timestamp END),
+             now())::timestamp AS earliest_due,
     now()::timestamp AS scanned_at,
     coalesce(
         (SELECT min(a.xact_start) FROM pg_catalog.pg_stat_activity a
@@ -227,6 +245,7 @@ type ScheduleAdoptParams struct {
 
 type ScheduleAdoptRow struct {
 	Adopted         int64
+	EarliestDue     time.Time
 	ScannedAt       time.Time
 	OldestXactStart time.Time
 }
@@ -241,7 +260,12 @@ type ScheduleAdoptRow struct {
 func (q *Queries) ScheduleAdopt(ctx context.Context, arg ScheduleAdoptParams) (ScheduleAdoptRow, error) {
 	row := q.db.QueryRow(ctx, scheduleAdopt, arg.Now, arg.Since)
 	var i ScheduleAdoptRow
-	err := row.Scan(&i.Adopted, &i.ScannedAt, &i.OldestXactStart)
+	err := row.Scan(
+		&i.Adopted,
+		&i.EarliestDue,
+		&i.ScannedAt,
+		&i.OldestXactStart,
+	)
 	return i, err
 }
 
@@ -408,6 +432,86 @@ func (q *Queries) SchedulePresent(ctx context.Context) (bool, error) {
 	var present bool
 	err := row.Scan(&present)
 	return present, err
+}
+
+const scheduleProbe = `-- name: ScheduleProbe :one
+WITH c AS MATERIALIZED (
+    SELECT
+        coalesce($3::timestamptz, now())::timestamp AS db_now,
+        least(coalesce($4::timestamp, coalesce($3::timestamptz, now())::timestamp),
+              coalesce($3::timestamptz, now())::timestamp) AS horizon
+), p AS MATERIALIZED (
+    SELECT
+        c.db_now,
+        EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule s
+                WHERE s.due_at <= c.horizon
+                  AND ($5::timestamp IS NULL OR s.due_at > $5::timestamp)) AS due_now,
+        (SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
+         WHERE s.due_at > c.horizon AND s.due_at < 'infinity'::timestamp) AS next_due
+    FROM c
+)
+SELECT
+    p.db_now,
+    p.due_now,
+    (p.next_due IS NOT NULL)::boolean AS has_next,
+    coalesce(p.next_due, p.db_now)::timestamp AS next_due,
+    (CASE WHEN $1::boolean AND p.due_now
+          THEN pg_try_advisory_lock(hashtext('tasker_sweeper.timer'), 0)
+          ELSE false END)::boolean AS leased,
+    (CASE WHEN $2::boolean
+          THEN pg_advisory_unlock(hashtext('tasker_sweeper.timer'), 0)
+          ELSE false END)::boolean AS released
+FROM p
+`
+
+type ScheduleProbeParams struct {
+	TakeLease bool
+	DropLease bool
+	Now       *time.Time
+	Until     *time.Time
+	After     *time.Time
+}
+
+type ScheduleProbeRow struct {
+	DbNow    time.Time
+	DueNow   bool
+	HasNext  bool
+	NextDue  time.Time
+	Leased   bool
+	Released bool
+}
+
+// The timer gate's one look at the schedule, after each sweep and at each
+// timer wake-up: two probes of the due_at index up to a horizon, now() or
+// the earlier @until (the wake-up's own time, so that every replica waking
+// for it looks at the same rows). due_now says some row's time came after
+// @after (NULL: ever) and by the horizon: rows due at or before @after were
+// due when this process last looked, and what is left of them could not
+// move (locked, blocked) and is the cron sweeps' to retry. next_due is the
+// earliest due time after the horizon (infinity never comes; has_next false
+// and next_due = db_now when there is none). With @take_lease, when
+// something is due, it also tries to take the replicas' timer lease (a
+// session advisory lock): the replica holding it sweeps what is due, the
+// others leave it alone. @drop_lease gives it back (the same session).
+// MATERIALIZED: each part runs once, and the lease is tried last.
+func (q *Queries) ScheduleProbe(ctx context.Context, arg ScheduleProbeParams) (ScheduleProbeRow, error) {
+	row := q.db.QueryRow(ctx, scheduleProbe,
+		arg.TakeLease,
+		arg.DropLease,
+		arg.Now,
+		arg.Until,
+		arg.After,
+	)
+	var i ScheduleProbeRow
+	err := row.Scan(
+		&i.DbNow,
+		&i.DueNow,
+		&i.HasNext,
+		&i.NextDue,
+		&i.Leased,
+		&i.Released,
+	)
+	return i, err
 }
 
 const scheduleReconcile = `-- name: ScheduleReconcile :one
