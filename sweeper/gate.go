@@ -189,6 +189,9 @@ func (g *gate) armLocked(due time.Time, reason Trigger) {
 		}
 	}
 	grid := ceilGrid(t, gap)
+	if !g.armedAt.IsZero() && !grid.Before(g.armedGrid) {
+		return // armed for this grid point or an earlier one already
+	}
 	now := g.now()
 	at := grid.Add(-g.skew)
 	if !g.incumbent && g.opts.Stagger > 0 {
@@ -196,9 +199,6 @@ func (g *gate) armLocked(due time.Time, reason Trigger) {
 	}
 	if limit := now.Add(g.opts.MaxSleep); at.After(limit) {
 		at = limit
-	}
-	if !g.armedAt.IsZero() && !at.Before(g.armedAt) {
-		return
 	}
 	g.armedAt, g.armedGrid, g.armedReason = at, grid, reason
 	g.timer.Reset(max(at.Sub(now), 0))

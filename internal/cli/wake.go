@@ -108,7 +108,7 @@ func (w *wakeGate) options() *sweeper.GateOptions {
 func (w *wakeGate) logAttrs() []any {
 	attrs := []any{slog.String("wake_mode", w.cfg.mode())}
 	if w.cfg.atDue {
-		attrs = append(attrs, slog.Duration("wake_gap", w.cfg.gap), slog.Duration("adopt_interval", w.cfg.adoptInterval),
+		attrs = append(attrs, slog.String("wake_gap", w.cfg.gap.String()), slog.String("adopt_interval", w.cfg.adoptInterval.String()),
 			slog.String("park_channel", db.ParkedChannel))
 	}
 	return attrs
