@@ -246,7 +246,7 @@ func TestOnTimeNotifyFromOneDaemonPullsInAnother(t *testing.T) {
 	t.Parallel()
 	pool, url := testdb.NewWithURL(t)
 	a, addrA, _ := startOnTime(t, url, "--wake-at-due=false", "--schedule", "@every 1h")
-	b, _, metricsB := startOnTime(t, url)
+	b, addrB, metricsB := startOnTime(t, url)
 	waitListening(t, b)
 	waitAdoptionStarted(t, pool, b)
 	step := parkable(t, pool)
@@ -257,6 +257,15 @@ func TestOnTimeNotifyFromOneDaemonPullsInAnother(t *testing.T) {
 	body := scrape(t, metricsB)
 	require.Equal(t, 1.0, metricValue(t, body, `tasker_sweeper_due_to_pending_lag_seconds_count{trigger="notify"}`), body)
 	require.Empty(t, a.sweeps, "daemon A (cron @every 1h, no timer) never swept")
+	for _, c := range []struct {
+		addr, mode string
+		d          *daemon
+	}{{addrA, sweeper.WakeModeCron, a}, {addrB, sweeper.WakeModeAtDue, b}} {
+		status, body := httpGet(t, "http://"+c.addr+"/v1/status")
+		require.Equal(t, http.StatusOK, status, body)
+		require.Contains(t, body, `"wake_mode":"`+c.mode+`"`)
+		require.Contains(t, c.d.logs.String(), `"wake_mode":"`+c.mode+`"`, "the start-up log says it too")
+	}
 	require.Equal(t, 0, a.stop(t), a.logs.String())
 	require.Equal(t, 0, b.stop(t), b.logs.String())
 }
