@@ -25,7 +25,7 @@ type pathStore interface {
 	reconcile(ctx context.Context, olderThan time.Duration) (sweeper.Reconciliation, error)
 	// The timer gate's and the adoption loop's needs (wake.go).
 	probeDue(ctx context.Context, req sweeper.ProbeRequest) (sweeper.DueProbe, sweeper.Lease, error)
-	prepareDue(ctx context.Context) (sweeper.Preparation, error)
+	reevaluateOnly(ctx context.Context) (sweeper.Preparation, error)
 	adoptOnly(ctx context.Context) (sweeper.Adoption, error)
 }
 

@@ -104,24 +104,20 @@ func (s *scheduleStore) reevaluate(ctx context.Context, p *sweeper.Preparation) 
 // scheduled steps and the watermark only moves forward. The first pass on a
 // database reconciles instead.
 func (s *scheduleStore) adopt(ctx context.Context) (sweeper.Adoption, error) {
-	state, err := s.q.AdoptionState(ctx)
+	row, err := s.q.ScheduleAdopt(ctx, dbsqlc.ScheduleAdoptParams{Now: s.now(), MarginSeconds: s.adoptionMargin.Seconds()})
 	if err != nil {
-		return sweeper.Adoption{}, fmt.Errorf("read adoption state: %w", asSentinel(err))
+		return sweeper.Adoption{}, fmt.Errorf("adopt waiting steps: %w", asSentinel(err))
 	}
-	if state.Watermark == nil {
+	if row.WatermarkMissing {
 		res, err := s.reconcile(ctx, 0)
 		if err != nil {
 			return sweeper.Adoption{}, err
 		}
 		return sweeper.Adoption{Adopted: int(res.Missing), Reconciled: &res}, nil
 	}
-	row, err := s.q.ScheduleAdopt(ctx, dbsqlc.ScheduleAdoptParams{Now: s.now(), Since: state.Watermark.Add(-s.adoptionMargin)})
-	if err != nil {
-		return sweeper.Adoption{}, fmt.Errorf("adopt waiting steps: %w", asSentinel(err))
-	}
 	res := sweeper.Adoption{Adopted: int(row.Adopted), EarliestDue: row.EarliestDue}
 	next := nextWatermark(row.ScannedAt, row.OldestXactStart)
-	if row.Adopted == 0 && next.Sub(*state.Watermark) < adoptionAdvanceEvery {
+	if row.Adopted == 0 && next.Sub(row.Watermark) < adoptionAdvanceEvery {
 		return res, nil
 	}
 	if err := s.q.AdoptionAdvance(ctx, dbsqlc.AdoptionAdvanceParams{Watermark: next}); err != nil {

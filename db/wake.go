@@ -23,13 +23,13 @@ func (s *Store) ProbeDue(ctx context.Context, req sweeper.ProbeRequest) (sweeper
 	return p.probeDue(ctx, req)
 }
 
-// PrepareDue implements sweeper.DueStore.
-func (s *Store) PrepareDue(ctx context.Context) (sweeper.Preparation, error) {
+// Reevaluate implements sweeper.DueStore.
+func (s *Store) Reevaluate(ctx context.Context) (sweeper.Preparation, error) {
 	p, err := s.choose(ctx)
 	if err != nil {
 		return sweeper.Preparation{}, err
 	}
-	return p.prepareDue(ctx)
+	return p.reevaluateOnly(ctx)
 }
 
 // Adopt implements sweeper.DueStore.
@@ -45,7 +45,7 @@ func (*scanStore) probeDue(context.Context, sweeper.ProbeRequest) (sweeper.DuePr
 	return sweeper.DueProbe{}, nil, sweeper.ErrNoSchedule
 }
 
-func (*scanStore) prepareDue(context.Context) (sweeper.Preparation, error) {
+func (*scanStore) reevaluateOnly(context.Context) (sweeper.Preparation, error) {
 	return sweeper.Preparation{}, sweeper.ErrNoSchedule
 }
 
@@ -127,7 +127,7 @@ func discard(conn *pgxpool.Conn) {
 }
 
 func dueProbe(row dbsqlc.ScheduleProbeRow) sweeper.DueProbe {
-	p := sweeper.DueProbe{DBNow: row.DbNow, DueNow: row.DueNow}
+	p := sweeper.DueProbe{DBNow: row.DbNow, DueNow: row.DueNow, Leftover: row.Leftover}
 	if row.HasNext {
 		p.Next = row.NextDue
 	}
@@ -142,10 +142,10 @@ func optionalTime(t time.Time) *time.Time {
 	return &u
 }
 
-// prepareDue is prepare without adoption, for the timer gate's sweeps,
-// which run only when a probe found something due: it goes straight to the
-// re-evaluation of the overdue rows that cannot move.
-func (s *scheduleStore) prepareDue(ctx context.Context) (sweeper.Preparation, error) {
+// reevaluateOnly is prepare's re-evaluation of the overdue rows that cannot
+// move, for the timer gate's sweeps (which run only when a probe found
+// something due, and re-evaluate only when it saw rows left over).
+func (s *scheduleStore) reevaluateOnly(ctx context.Context) (sweeper.Preparation, error) {
 	var p sweeper.Preparation
 	err := s.reevaluate(ctx, &p)
 	return p, err

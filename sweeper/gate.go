@@ -48,9 +48,10 @@ type gate struct {
 	misses   int
 	// incumbent: this replica took the last batch of a wake-up.
 	incumbent bool
-	// skew is the database clock minus the local clock, as of the last
-	// probe (measured at the reply, so it errs late, never early).
-	skew time.Duration
+	// skew is the database clock minus the local clock: the largest sample
+	// of the last skewWindow (see observeSkew), taken at skewAt.
+	skew   time.Duration
+	skewAt time.Time
 	// deferred: a wake-up found a sweep running; re-arm when it settles.
 	deferred bool
 	// failing: the last probe failed (logged once per failure streak).
@@ -60,6 +61,9 @@ type gate struct {
 // maxMissShift caps the grid points a replica that keeps missing skips:
 // 2^4 = 16 gaps.
 const maxMissShift = 4
+
+// skewWindow is how long the largest clock-offset sample stands.
+const skewWindow = 10 * time.Second
 
 // notReadyRetry is how soon a wake-up skipped while the database is
 // unreachable is tried again (a flag check, no statement).
@@ -257,7 +261,7 @@ func (g *gate) settle(ctx context.Context, r probeResult) {
 	} else {
 		g.failing = false
 	}
-	g.skew = r.latest.DBNow.Sub(r.at)
+	g.observeSkew(r.latest.DBNow.Sub(r.at), r.at)
 	if r.timed {
 		g.lastGrid = r.wake.grid
 		switch {
@@ -290,6 +294,18 @@ func (g *gate) settle(ctx context.Context, r probeResult) {
 	}
 	if !target.IsZero() {
 		g.armLocked(target, TriggerTimer)
+	}
+}
+
+// observeSkew takes a clock-offset sample: the database's now() minus the
+// local time its reply arrived. A slow reply (a busy machine, a scheduling
+// delay) only makes a sample smaller, and a smaller offset makes wake-ups
+// later, so the largest sample of the last skewWindow is the estimate; once
+// it is older than that, the next sample replaces it, so a real change of
+// either clock gets through.
+func (g *gate) observeSkew(sample time.Duration, at time.Time) {
+	if g.skewAt.IsZero() || sample >= g.skew || at.Sub(g.skewAt) > skewWindow {
+		g.skew, g.skewAt = sample, at
 	}
 }
 

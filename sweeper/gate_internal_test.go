@@ -17,7 +17,7 @@ func testGate(t *testing.T, now time.Time, skew time.Duration) *gate {
 	g := newGate(nil, GateOptions{Gap: 15 * time.Millisecond, Stagger: 5 * time.Millisecond, MaxSleep: time.Minute},
 		slog.New(slog.NewTextHandler(io.Discard, nil)), func() time.Time { return now })
 	g.off.Store(false) // no store, but the arming logic is what is tested
-	g.skew = skew
+	g.skew, g.skewAt = skew, now
 	t.Cleanup(func() { g.timer.Stop() })
 	return g
 }
@@ -136,4 +136,18 @@ func TestSettleAfterAWakeUp(t *testing.T) {
 	// A park reported at or before the floor clears it, so the probe sees it.
 	g.pullIn(g.floor.Add(-time.Millisecond), TriggerNotify)
 	require.True(t, g.floor.IsZero())
+}
+
+// A late reply only makes a clock-offset sample smaller: the largest recent
+// one stands, until it is older than the window.
+func TestSkewKeepsTheLargestRecentSample(t *testing.T) {
+	t.Parallel()
+	local := time.Date(2030, 1, 1, 12, 0, 0, 0, time.UTC)
+	g := testGate(t, local, 2*time.Second)
+	g.observeSkew(2*time.Second-40*time.Millisecond, local.Add(time.Second)) // a reply 40 ms late
+	require.Equal(t, 2*time.Second, g.skew)
+	g.observeSkew(2*time.Second+time.Millisecond, local.Add(2*time.Second))
+	require.Equal(t, 2*time.Second+time.Millisecond, g.skew)
+	g.observeSkew(time.Second, local.Add(2*time.Second+skewWindow+time.Millisecond)) // the clock moved
+	require.Equal(t, time.Second, g.skew)
 }

@@ -198,7 +198,7 @@ func (s *Scheduler) tick(ctx context.Context, cycling bool) (pending bool) {
 	case s.slot <- struct{}{}:
 		s.wg.Go(func() {
 			defer func() { <-s.slot }()
-			_, _ = s.safeRun(ctx, false, TriggerCron)
+			_, _ = s.safeRun(ctx, sweepOptions{trigger: TriggerCron})
 			s.afterSweep(ctx)
 		})
 		return false
@@ -255,7 +255,7 @@ func (s *Scheduler) cycle(ctx context.Context, w wake) {
 		r.busy = true
 	default:
 		r.swept = true
-		sum, _ := s.safeRun(ctx, false, w.reason)
+		sum, _ := s.safeRun(ctx, sweepOptions{trigger: w.reason, reevaluate: pre.Leftover})
 		r.moved = sum.Transitioned
 		post, err := lease.Release(ctx, pre.DBNow)
 		r.at = s.now()
@@ -291,7 +291,7 @@ func (s *Scheduler) Trigger(ctx context.Context, dryRun bool) (Summary, error) {
 		return Summary{}, fmt.Errorf("wait for the running sweep: %w", ctx.Err())
 	}
 	defer func() { <-s.slot }()
-	sum, err := s.safeRun(ctx, dryRun, TriggerManual)
+	sum, err := s.safeRun(ctx, sweepOptions{dryRun: dryRun, trigger: TriggerManual})
 	s.afterSweep(ctx)
 	return sum, err
 }
@@ -310,12 +310,12 @@ func (s *Scheduler) skip(reason string) {
 }
 
 // safeRun turns a panic in a sweep into an error: the daemon keeps running.
-func (s *Scheduler) safeRun(ctx context.Context, dryRun bool, trigger Trigger) (sum Summary, err error) {
+func (s *Scheduler) safeRun(ctx context.Context, o sweepOptions) (sum Summary, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("sweep panicked: %v", r)
 			s.logger.Error("sweep panicked", slog.Any("panic", r), slog.String("stack", string(debug.Stack())))
 		}
 	}()
-	return s.sweeper.run(ctx, dryRun, trigger)
+	return s.sweeper.run(ctx, o)
 }

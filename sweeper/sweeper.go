@@ -290,17 +290,26 @@ const strandedSampleSize = 10
 // shutdown never leaves a half-moved batch. A failed batch is counted and
 // stops the sweep; RunOnce then returns an error with the summary so far.
 func (s *Sweeper) RunOnce(ctx context.Context, dryRun bool) (Summary, error) {
-	return s.run(ctx, dryRun, TriggerManual)
+	return s.run(ctx, sweepOptions{dryRun: dryRun, trigger: TriggerManual})
 }
 
-// run is one sweep started by trigger: a timed one (the timer gate's) is
-// short, see Trigger.Timed.
-func (s *Sweeper) run(ctx context.Context, dryRun bool, trigger Trigger) (Summary, error) {
-	sum := Summary{SweepID: newSweepID(), DryRun: dryRun, Trigger: trigger, StartedAt: time.Now()}
+// sweepOptions say what a sweep is asked to do.
+type sweepOptions struct {
+	dryRun  bool
+	trigger Trigger
+	// reevaluate (a timed sweep): re-evaluate the overdue rows that cannot
+	// move, after the batches.
+	reevaluate bool
+}
+
+// run is one sweep: a timed one (the timer gate's) is short, see
+// Trigger.Timed.
+func (s *Sweeper) run(ctx context.Context, o sweepOptions) (Summary, error) {
+	sum := Summary{SweepID: newSweepID(), DryRun: o.dryRun, Trigger: o.trigger, StartedAt: time.Now()}
 	log := s.logger.With(slog.String("sweep_id", sum.SweepID.String()))
 	var err error
-	if trigger.Timed() && !dryRun {
-		err = s.sweepDue(ctx, log, &sum)
+	if o.trigger.Timed() && !o.dryRun {
+		err = s.sweepDue(ctx, log, &sum, o.reevaluate)
 	} else {
 		err = s.sweep(ctx, log, &sum)
 	}
@@ -332,10 +341,12 @@ func (s *Sweeper) choosePath(ctx context.Context, log *slog.Logger, sum *Summary
 }
 
 // sweepDue is a timed sweep (the timer gate's): a probe just found a
-// schedule row due, so it re-evaluates the overdue rows that cannot move and
-// runs the batches. Adoption has its own loop; the stranded count and the
-// count of locked steps are the cron sweeps'.
-func (s *Sweeper) sweepDue(ctx context.Context, log *slog.Logger, sum *Summary) error {
+// schedule row due, so it goes straight to the batches, and then, when the
+// probe saw rows left over from earlier looks, re-evaluates the overdue rows
+// that cannot move (after the batches: the steps that are due do not wait
+// for it). Adoption has its own loop; the stranded count and the count of
+// locked steps are the cron sweeps'.
+func (s *Sweeper) sweepDue(ctx context.Context, log *slog.Logger, sum *Summary, reevaluate bool) error {
 	if err := s.choosePath(ctx, log, sum); err != nil {
 		return err
 	}
@@ -343,18 +354,21 @@ func (s *Sweeper) sweepDue(ctx context.Context, log *slog.Logger, sum *Summary) 
 	if !ok {
 		return ErrNoSchedule
 	}
-	prep, err := ds.PrepareDue(ctx)
-	if err != nil {
-		return fmt.Errorf("prepare sweep: %w", err)
-	}
-	if prep.Dropped > 0 || prep.Deferred > 0 {
-		log.Debug("schedule rows re-evaluated", slog.Int("dropped", prep.Dropped), slog.Int("deferred", prep.Deferred))
-	}
 	if err := s.runBatches(ctx, log, sum); err != nil {
 		return err
 	}
 	if sum.Interrupted {
 		return ErrInterrupted
+	}
+	if !reevaluate {
+		return nil
+	}
+	prep, err := ds.Reevaluate(ctx)
+	if err != nil {
+		return fmt.Errorf("re-evaluate overdue schedule rows: %w", err)
+	}
+	if prep.Dropped > 0 || prep.Deferred > 0 {
+		log.Debug("schedule rows re-evaluated", slog.Int("dropped", prep.Dropped), slog.Int("deferred", prep.Deferred))
 	}
 	return nil
 }

@@ -26,9 +26,10 @@ const (
 )
 
 // Timed reports whether t is one of the timer gate's triggers. A timed
-// sweep is short: it re-evaluates the overdue rows and runs the batches, and
-// leaves adoption, the stranded count and the count of locked steps to the
-// cron sweeps (and adoption to its own loop).
+// sweep is short: it runs the batches (and re-evaluates the overdue rows
+// that cannot move when a probe saw some left), and leaves adoption, the
+// stranded count and the count of locked steps to the cron sweeps (and
+// adoption to its own loop).
 func (t Trigger) Timed() bool {
 	return t == TriggerTimer || t == TriggerNotify || t == TriggerAdoption
 }
@@ -41,6 +42,10 @@ type DueProbe struct {
 	// (or ever, without one) and by its horizon: DBNow, or the request's
 	// earlier Until.
 	DueNow bool
+	// Leftover says some row due at or before the request's After (and the
+	// horizon) is still on the schedule: it could not move then (locked by
+	// another transaction, or blocked) and may want re-evaluating.
+	Leftover bool
 	// Next is the earliest due time after the horizon; zero when there is
 	// none (an empty schedule, or only rows that never come due).
 	Next time.Time
@@ -89,9 +94,10 @@ type DueStore interface {
 	// req.Lease and something due it also tries to take the timer lease,
 	// returned non-nil when taken (the caller must Release it).
 	ProbeDue(ctx context.Context, req ProbeRequest) (DueProbe, Lease, error)
-	// PrepareDue is Prepare without adoption: it re-evaluates the overdue
-	// rows that cannot move, so the batches' candidates are movable ones.
-	PrepareDue(ctx context.Context) (Preparation, error)
+	// Reevaluate is the part of Prepare that re-evaluates the overdue rows
+	// that cannot move (drops, defers), so later claims do not walk past
+	// them again.
+	Reevaluate(ctx context.Context) (Preparation, error)
 	// Adopt runs one adoption pass on its own.
 	Adopt(ctx context.Context) (Adoption, error)
 }

@@ -195,7 +195,9 @@ func (q *Queries) FailureApplyScheduled(ctx context.Context, arg FailureApplySch
 }
 
 const scheduleAdopt = `-- name: ScheduleAdopt :one
-WITH adopted AS (
+WITH mark AS MATERIALIZED (
+    SELECT a.watermark FROM tasker_sweeper.adoption a WHERE a.id = 1
+), adopted AS (
     INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at, stranded, updated_at)
     SELECT
         cur.workflow_step_uuid,
@@ -214,7 +216,7 @@ WITH adopted AS (
     WHERE cur.most_recent
       AND cur.to_state = 'waiting_for_retry'
       AND (cur.metadata ->> 'sweeper_scheduled') IS NULL
-      AND cur.created_at >= $2::timestamp
+      AND cur.created_at >= (SELECT m.watermark FROM mark m) - make_interval(secs => $2::float8)
     -- Steps already scheduled are skipped by the primary key, one index
     -- probe each. (A NOT EXISTS here let the planner, trusting the empty
     -- table's statistics, rescan the growing schedule for every row.)
@@ -234,37 +236,46 @@ SELECT
         (SELECT min(a.xact_start) FROM pg_catalog.pg_stat_activity a
          WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
            AND a.xact_start IS NOT NULL AND a.backend_type = 'client backend'),
-        now())::timestamp AS oldest_xact_start
+        now())::timestamp AS oldest_xact_start,
+    NOT EXISTS (SELECT 1 FROM mark m WHERE m.watermark IS NOT NULL) AS watermark_missing,
+    coalesce((SELECT m.watermark FROM mark m), now())::timestamp AS watermark
 FROM adopted
 `
 
 type ScheduleAdoptParams struct {
-	Now   *time.Time
-	Since time.Time
+	Now           *time.Time
+	MarginSeconds float64
 }
 
 type ScheduleAdoptRow struct {
-	Adopted         int64
-	EarliestDue     time.Time
-	ScannedAt       time.Time
-	OldestXactStart time.Time
+	Adopted          int64
+	EarliestDue      time.Time
+	ScannedAt        time.Time
+	OldestXactStart  time.Time
+	WatermarkMissing bool
+	Watermark        time.Time
 }
 
 // Adopts waiting_for_retry steps that other writers parked (the
 // orchestrator's own error handling, steps parked before the sweeper was
-// installed): every current waiting row created at or after @since that has
-// no schedule row gets one, at its real due time. The partial index
+// installed): every current waiting row created since @margin_seconds
+// before the watermark that has no schedule row gets one, at its real due
+// time. The watermark is read by the same statement, one round trip a pass.
+// watermark_missing says there is none yet (a new database: nothing was
+// adopted, and the caller reconciles instead). The partial index
 // tasker_sweeper_waiting_unscheduled makes this proportional to the window;
 // rows the inline handler scheduled itself are not in it.
 // oldest_xact_start bounds the next watermark (see rule.sql.tmpl).
 func (q *Queries) ScheduleAdopt(ctx context.Context, arg ScheduleAdoptParams) (ScheduleAdoptRow, error) {
-	row := q.db.QueryRow(ctx, scheduleAdopt, arg.Now, arg.Since)
+	row := q.db.QueryRow(ctx, scheduleAdopt, arg.Now, arg.MarginSeconds)
 	var i ScheduleAdoptRow
 	err := row.Scan(
 		&i.Adopted,
 		&i.EarliestDue,
 		&i.ScannedAt,
 		&i.OldestXactStart,
+		&i.WatermarkMissing,
+		&i.Watermark,
 	)
 	return i, err
 }
@@ -443,9 +454,12 @@ WITH c AS MATERIALIZED (
 ), p AS MATERIALIZED (
     SELECT
         c.db_now,
-        EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule s
-                WHERE s.due_at <= c.horizon
-                  AND ($5::timestamp IS NULL OR s.due_at > $5::timestamp)) AS due_now,
+        coalesce((SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
+                  WHERE s.due_at >= coalesce($5::timestamp + interval '1 microsecond', '-infinity'::timestamp)),
+                 'infinity'::timestamp) <= c.horizon AS due_now,
+        ($5::timestamp IS NOT NULL
+         AND coalesce((SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s), 'infinity'::timestamp)
+             <= least($5::timestamp, c.horizon)) AS leftover,
         (SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
          WHERE s.due_at > c.horizon AND s.due_at < 'infinity'::timestamp) AS next_due
     FROM c
@@ -453,6 +467,7 @@ WITH c AS MATERIALIZED (
 SELECT
     p.db_now,
     p.due_now,
+    coalesce(p.leftover, false)::boolean AS leftover,
     (p.next_due IS NOT NULL)::boolean AS has_next,
     coalesce(p.next_due, p.db_now)::timestamp AS next_due,
     (CASE WHEN $1::boolean AND p.due_now
@@ -475,6 +490,7 @@ type ScheduleProbeParams struct {
 type ScheduleProbeRow struct {
 	DbNow    time.Time
 	DueNow   bool
+	Leftover bool
 	HasNext  bool
 	NextDue  time.Time
 	Leased   bool
@@ -487,13 +503,19 @@ type ScheduleProbeRow struct {
 // for it looks at the same rows). due_now says some row's time came after
 // @after (NULL: ever) and by the horizon: rows due at or before @after were
 // due when this process last looked, and what is left of them could not
-// move (locked, blocked) and is the cron sweeps' to retry. next_due is the
+// move (locked, blocked) and is the cron sweeps' to retry; leftover says
+// some are left (the timed sweep then re-evaluates them). next_due is the
 // earliest due time after the horizon (infinity never comes; has_next false
 // and next_due = db_now when there is none). With @take_lease, when
 // something is due, it also tries to take the replicas' timer lease (a
 // session advisory lock): the replica holding it sweeps what is due, the
 // others leave it alone. @drop_lease gives it back (the same session).
-// MATERIALIZED: each part runs once, and the lease is tried last.
+// Each part is a min() over the due_at index, which PostgreSQL reads as one
+// index probe whatever the table's statistics say (an EXISTS on a table
+// analysed while empty is planned as a sequential scan). "After @after" is
+// ">= @after + 1 µs" (the timestamps' resolution), so that without @after
+// the lower bound is -infinity, inclusive. MATERIALIZED: each part runs
+// once, and the lease is tried last.
 func (q *Queries) ScheduleProbe(ctx context.Context, arg ScheduleProbeParams) (ScheduleProbeRow, error) {
 	row := q.db.QueryRow(ctx, scheduleProbe,
 		arg.TakeLease,
@@ -506,6 +528,7 @@ func (q *Queries) ScheduleProbe(ctx context.Context, arg ScheduleProbeParams) (S
 	err := row.Scan(
 		&i.DbNow,
 		&i.DueNow,
+		&i.Leftover,
 		&i.HasNext,
 		&i.NextDue,
 		&i.Leased,
