@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"os"
 	"math/rand/v2"
 	"net/http"
 	"strings"
@@ -55,9 +53,6 @@ var lagSchedules = []lagSchedule{
 func (b *bench) lag(ctx context.Context) error {
 	if err := b.lagTemplate(ctx); err != nil {
 		return err
-	}
-	if os.Getenv("BENCH_ONTIME_ONLY") != "" {
-		return b.onTime(ctx)
 	}
 	steps := max(1, int(b.sz.lagRate*b.sz.lagWindow.Seconds()+0.5))
 	type perRun struct{ p50, p99, max []float64 }
@@ -334,9 +329,6 @@ func (b *bench) onTime(ctx context.Context) error {
 	r.add(row{scenario: "lag", metric: "on time: transactions per moved step, 4 replicas / 1", unit: "×", value: xratio,
 		runs: ratios(four.xacts, one.xacts), target: atMost(1.5)})
 	r.set("lag_ontime_xacts_ratio_4r", xratio)
-	if os.Getenv("BENCH_ONTIME_ONLY") != "" {
-		return nil
-	}
 	return b.onTimeIdle(ctx)
 }
 
@@ -466,20 +458,6 @@ func (b *bench) onTimeRun(ctx context.Context, database string, replicas, steps 
 		case <-ctx.Done():
 			return res, ctx.Err()
 		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if os.Getenv("BENCH_DEBUG") != "" {
-		for _, d := range daemons {
-			resp, err := http.Get("http://" + d.addr + "/metrics")
-			if err == nil {
-				raw, _ := io.ReadAll(resp.Body)
-				_ = resp.Body.Close()
-				for _, line := range strings.Split(string(raw), "\n") {
-					if strings.HasPrefix(line, "tasker_sweeper_") && !strings.Contains(line, "_bucket") || strings.Contains(line, "lag_seconds_bucket") {
-						b.log.printf("DEBUG %s", line)
-					}
-				}
-			}
 		}
 	}
 	for _, d := range daemons {

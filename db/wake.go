@@ -128,6 +128,9 @@ func discard(conn *pgxpool.Conn) {
 
 func dueProbe(row dbsqlc.ScheduleProbeRow) sweeper.DueProbe {
 	p := sweeper.DueProbe{DBNow: row.DbNow, DueNow: row.DueNow, Leftover: row.Leftover}
+	if row.DueNow {
+		p.Earliest = row.EarliestDue
+	}
 	if row.HasNext {
 		p.Next = row.NextDue
 	}

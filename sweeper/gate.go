@@ -18,10 +18,12 @@ import (
 // points for the same due times, wakes together, and the timer lease decides
 // which one sweeps. The one that took the last batch (the incumbent) wakes on
 // the dot; the others add a random stagger, and after each wake-up that
-// found nothing for them they skip more grid points (up to 16), so a steady
-// stream costs them a probe now and then, not one per batch. A step is never
-// moved early whatever the timer does: the sweep's own rule decides, on the
-// database clock.
+// found nothing for them they skip more grid points (up to 4), so a steady
+// stream costs them a probe now and then, not one per batch. A replica that
+// finds the lease held while a due step has waited more than stallGaps gaps
+// sweeps anyway, so a stalled holder delays steps by that much at most. A
+// step is never moved early whatever the timer does: the sweep's own rule
+// decides, on the database clock.
 type gate struct {
 	opts   GateOptions
 	store  DueStore
@@ -59,8 +61,16 @@ type gate struct {
 }
 
 // maxMissShift caps the grid points a replica that keeps missing skips:
-// 2^4 = 16 gaps.
-const maxMissShift = 4
+// 2^2 = 4 gaps (60 ms at the default gap).
+const maxMissShift = 2
+
+// stallGaps: a replica that finds the lease held but a due step waiting
+// longer than this many gaps sweeps anyway: the holder has stalled (a
+// paused process, a throttled container) or is busy with a long sweep.
+const stallGaps = 4
+
+// stallAfter is how long a due step may wait on another replica's lease.
+func (g *gate) stallAfter() time.Duration { return stallGaps * g.opts.Gap }
 
 // skewWindow is how long the largest clock-offset sample stands.
 const skewWindow = 10 * time.Second
@@ -269,7 +279,8 @@ func (g *gate) settle(ctx context.Context, r probeResult) {
 			g.floor = r.pre.DBNow
 			g.incumbent, g.misses = true, 0
 		case r.busy:
-			g.floor = laterOf(g.floor, earlierOf(r.wake.grid, r.pre.DBNow))
+			// What is due is the holder's; the floor stays, so the look
+			// after stallAfter still sees it if the holder has not moved it.
 			g.incumbent = false
 			g.misses++
 		default: // nothing due by the wake-up's time
@@ -281,7 +292,12 @@ func (g *gate) settle(ctx context.Context, r probeResult) {
 	}
 	var target time.Time
 	switch {
-	case r.latest.DueNow && !r.busy:
+	case r.busy:
+		target = r.pre.Earliest.Add(g.stallAfter()) // has the holder moved it by then?
+		if !r.latest.Next.IsZero() {
+			target = earlierOf(target, r.latest.Next)
+		}
+	case r.latest.DueNow:
 		target = r.latest.DBNow
 	case !r.latest.Next.IsZero():
 		target = r.latest.Next

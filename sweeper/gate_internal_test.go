@@ -76,7 +76,7 @@ func TestArmKeepsTheEarliestGridPoint(t *testing.T) {
 }
 
 // No two timed wake-ups closer than the gap; a replica that keeps missing
-// (another took the batch) skips more grid points, up to 16 gaps; the sleep
+// (another took the batch) skips more grid points, up to 4 gaps; the sleep
 // is capped.
 func TestArmGapBackoffAndCap(t *testing.T) {
 	t.Parallel()
@@ -88,7 +88,7 @@ func TestArmGapBackoffAndCap(t *testing.T) {
 	g.armLocked(local, TriggerTimer) // due now: the next grid point after the gap
 	require.Equal(t, g.lastGrid.Add(gap), g.armedGrid)
 
-	for misses, want := range []time.Duration{1, 2, 4, 8, 16, 16, 16} {
+	for misses, want := range []time.Duration{1, 2, 4, 4, 4} {
 		g.armedAt = time.Time{}
 		g.misses = misses
 		g.armLocked(local, TriggerTimer)
@@ -114,13 +114,15 @@ func TestSettleAfterAWakeUp(t *testing.T) {
 	grid := ceilGrid(local, g.opts.Gap)
 	later := local.Add(time.Second)
 
-	// Another replica held the lease: what was due by the grid point is its.
-	g.settle(ctx, probeResult{timed: true, wake: wake{grid: grid}, busy: true,
-		pre: DueProbe{DBNow: grid.Add(2 * time.Millisecond), DueNow: true}, latest: DueProbe{DBNow: grid.Add(2 * time.Millisecond), DueNow: true, Next: later}, at: local})
-	require.Equal(t, grid, g.floor)
+	// Another replica held the lease: what was due is its to sweep; this one
+	// looks again when the step would have waited stallAfter.
+	busy := DueProbe{DBNow: grid.Add(2 * time.Millisecond), DueNow: true, Earliest: grid.Add(-time.Millisecond), Next: later}
+	g.settle(ctx, probeResult{timed: true, wake: wake{grid: grid}, busy: true, pre: busy, latest: busy, at: local})
+	require.True(t, g.floor.IsZero(), "the floor stays: the look after stallAfter must still see the step")
 	require.False(t, g.incumbent)
 	require.Equal(t, 1, g.misses)
-	require.Equal(t, ceilGrid(later, g.opts.Gap), g.armedGrid, "armed for the next due time, not for what the holder sweeps")
+	require.Equal(t, ceilGrid(busy.Earliest.Add(g.stallAfter()), g.opts.Gap), g.armedGrid,
+		"armed for the stall check, not for what the holder sweeps now")
 
 	// This replica swept: the floor is its first probe's time, and what fell
 	// due meanwhile is swept at the next grid point.

@@ -232,3 +232,45 @@ WHERE ws.task_uuid = $1 AND p.to_state = 'pending' AND p.from_state = 'waiting_f
 	require.Equal(t, n, count, "each step moved once")
 	t.Logf("%d steps in %d timed sweeps", n, len(sweeps))
 }
+
+// A replica that holds the timer lease and stalls (here: a session that
+// took it and does nothing) holds up the others by stallGaps gaps at most:
+// a due step that has waited longer is swept without the lease.
+func TestTimerGateSweepsPastAStalledLeaseHolder(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	ctx := context.Background()
+	conn, err := pool.Acquire(ctx)
+	require.NoError(t, err)
+	defer conn.Release()
+	var held bool
+	require.NoError(t, conn.QueryRow(ctx, `SELECT pg_try_advisory_lock(hashtext('tasker_sweeper.timer'), 0)`).Scan(&held))
+	require.True(t, held, "the stalled replica's lease")
+	defer func() { _, _ = conn.Exec(ctx, `SELECT pg_advisory_unlock_all()`) }()
+
+	probe := newGateProbe()
+	sw, err := sweeper.New(db.NewStore(pool), sweeper.DefaultConfig(), discard, probe.hooks())
+	require.NoError(t, err)
+	_, err = sw.Reconcile(ctx, 0)
+	require.NoError(t, err)
+	step := parkWithHandler(t, pool, "1")
+	sched, err := sweeper.NewScheduler(sw, "@hourly", discard, probe.options(sweeper.DefaultWakeGap))
+	require.NoError(t, err)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); sched.Run(runCtx) }()
+	for {
+		if sum := receiveWithin(t, probe.sweeps, "a sweep past the held lease"); sum.Transitioned == 1 {
+			require.Equal(t, sweeper.TriggerTimer, sum.Trigger)
+			break
+		}
+	}
+	cancel()
+	<-runDone
+	moved, due := pendingAt(t, pool, step)
+	require.False(t, moved.Before(due), "never before its due time")
+	require.Less(t, moved.Sub(due), 5*sweeper.DefaultWakeGap+300*time.Millisecond,
+		"held up by the stalled holder for about four gaps, not until a cron tick")
+	require.GreaterOrEqual(t, moved.Sub(due), 4*sweeper.DefaultWakeGap, "the holder got its four gaps first")
+}

@@ -251,13 +251,21 @@ func (s *Scheduler) cycle(ctx context.Context, w wake) {
 	switch {
 	case err != nil:
 	case !pre.DueNow:
-	case lease == nil:
+	case lease == nil && pre.DBNow.Sub(pre.Earliest) < g.stallAfter():
 		r.busy = true
 	default:
+		// Holding the lease, or the holder has let a due step wait past
+		// stallAfter (stalled, or a long sweep): sweep. SKIP LOCKED keeps
+		// every move exactly once either way.
 		r.swept = true
 		sum, _ := s.safeRun(ctx, sweepOptions{trigger: w.reason, reevaluate: pre.Leftover})
 		r.moved = sum.Transitioned
-		post, err := lease.Release(ctx, pre.DBNow)
+		var post DueProbe
+		if lease != nil {
+			post, err = lease.Release(ctx, pre.DBNow)
+		} else {
+			post, _, err = g.store.ProbeDue(ctx, ProbeRequest{After: pre.DBNow})
+		}
 		r.at = s.now()
 		if err != nil {
 			r.err, r.latest = err, DueProbe{}

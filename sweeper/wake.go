@@ -42,6 +42,9 @@ type DueProbe struct {
 	// (or ever, without one) and by its horizon: DBNow, or the request's
 	// earlier Until.
 	DueNow bool
+	// Earliest is the earliest due time after the request's After
+	// (meaningful when DueNow): how long the oldest step of those waits.
+	Earliest time.Time
 	// Leftover says some row due at or before the request's After (and the
 	// horizon) is still on the schedule: it could not move then (locked by
 	// another transaction, or blocked) and may want re-evaluating.
@@ -63,7 +66,8 @@ type ProbeRequest struct {
 	Until time.Time
 	// Lease asks, when something is due, for the replicas' timer lease: of
 	// the replicas that wake for the same due time, the one holding it
-	// sweeps and the others leave the steps to it.
+	// sweeps and the others leave the steps to it (unless they have waited
+	// too long: a holder may stall).
 	Lease bool
 }
 

@@ -440,7 +440,8 @@ SELECT EXISTS (SELECT 1 FROM tasker_sweeper.retry_schedule WHERE due_at <= coale
 -- and next_due = db_now when there is none). With @take_lease, when
 -- something is due, it also tries to take the replicas' timer lease (a
 -- session advisory lock): the replica holding it sweeps what is due, the
--- others leave it alone. @drop_lease gives it back (the same session).
+-- others leave it alone (unless earliest_due shows the holder has stalled).
+-- @drop_lease gives it back (the same session).
 -- Each part is a min() over the due_at index, which PostgreSQL reads as one
 -- index probe whatever the table's statistics say (an EXISTS on a table
 -- analysed while empty is planned as a sequential scan). "After @after" is
@@ -452,22 +453,29 @@ WITH c AS MATERIALIZED (
         coalesce(sqlc.narg('now')::timestamptz, now())::timestamp AS db_now,
         least(coalesce(sqlc.narg('until')::timestamp, coalesce(sqlc.narg('now')::timestamptz, now())::timestamp),
               coalesce(sqlc.narg('now')::timestamptz, now())::timestamp) AS horizon
-), p AS MATERIALIZED (
+), q AS MATERIALIZED (
     SELECT
         c.db_now,
-        coalesce((SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
-                  WHERE s.due_at >= coalesce(sqlc.narg('after')::timestamp + interval '1 microsecond', '-infinity'::timestamp)),
-                 'infinity'::timestamp) <= c.horizon AS due_now,
+        (SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
+         WHERE s.due_at >= coalesce(sqlc.narg('after')::timestamp + interval '1 microsecond', '-infinity'::timestamp)) AS earliest,
         (sqlc.narg('after')::timestamp IS NOT NULL
          AND coalesce((SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s), 'infinity'::timestamp)
              <= least(sqlc.narg('after')::timestamp, c.horizon)) AS leftover,
         (SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
-         WHERE s.due_at > c.horizon AND s.due_at < 'infinity'::timestamp) AS next_due
+         WHERE s.due_at > c.horizon AND s.due_at < 'infinity'::timestamp) AS next_due,
+        c.horizon
     FROM c
+), p AS MATERIALIZED (
+    SELECT q.*, coalesce(q.earliest, 'infinity'::timestamp) <= q.horizon AS due_now FROM q
 )
 SELECT
     p.db_now,
     p.due_now,
+    -- The earliest due time after @after: db_now when there is none, a day
+    -- before it for -infinity (long past).
+    coalesce(CASE WHEN isfinite(p.earliest) THEN p.earliest END,
+             CASE WHEN p.earliest < p.db_now THEN p.db_now - interval '1 day' END,
+             p.db_now)::timestamp AS earliest_due,
     coalesce(p.leftover, false)::boolean AS leftover,
     (p.next_due IS NOT NULL)::boolean AS has_next,
     coalesce(p.next_due, p.db_now)::timestamp AS next_due,

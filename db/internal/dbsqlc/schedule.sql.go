@@ -451,22 +451,29 @@ WITH c AS MATERIALIZED (
         coalesce($3::timestamptz, now())::timestamp AS db_now,
         least(coalesce($4::timestamp, coalesce($3::timestamptz, now())::timestamp),
               coalesce($3::timestamptz, now())::timestamp) AS horizon
-), p AS MATERIALIZED (
+), q AS MATERIALIZED (
     SELECT
         c.db_now,
-        coalesce((SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
-                  WHERE s.due_at >= coalesce($5::timestamp + interval '1 microsecond', '-infinity'::timestamp)),
-                 'infinity'::timestamp) <= c.horizon AS due_now,
+        (SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
+         WHERE s.due_at >= coalesce($5::timestamp + interval '1 microsecond', '-infinity'::timestamp)) AS earliest,
         ($5::timestamp IS NOT NULL
          AND coalesce((SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s), 'infinity'::timestamp)
              <= least($5::timestamp, c.horizon)) AS leftover,
         (SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
-         WHERE s.due_at > c.horizon AND s.due_at < 'infinity'::timestamp) AS next_due
+         WHERE s.due_at > c.horizon AND s.due_at < 'infinity'::timestamp) AS next_due,
+        c.horizon
     FROM c
+), p AS MATERIALIZED (
+    SELECT q.db_now, q.earliest, q.leftover, q.next_due, q.horizon, coalesce(q.earliest, 'infinity'::timestamp) <= q.horizon AS due_now FROM q
 )
 SELECT
     p.db_now,
     p.due_now,
+    -- The earliest due time after @after: db_now when there is none, a day
+    -- before it for -infinity (long past).
+    coalesce(CASE WHEN isfinite(p.earliest) THEN p.earliest END,
+             CASE WHEN p.earliest < p.db_now THEN p.db_now - interval '1 day' END,
+             p.db_now)::timestamp AS earliest_due,
     coalesce(p.leftover, false)::boolean AS leftover,
     (p.next_due IS NOT NULL)::boolean AS has_next,
     coalesce(p.next_due, p.db_now)::timestamp AS next_due,
@@ -488,13 +495,14 @@ type ScheduleProbeParams struct {
 }
 
 type ScheduleProbeRow struct {
-	DbNow    time.Time
-	DueNow   bool
-	Leftover bool
-	HasNext  bool
-	NextDue  time.Time
-	Leased   bool
-	Released bool
+	DbNow       time.Time
+	DueNow      bool
+	EarliestDue time.Time
+	Leftover    bool
+	HasNext     bool
+	NextDue     time.Time
+	Leased      bool
+	Released    bool
 }
 
 // The timer gate's one look at the schedule, after each sweep and at each
@@ -509,7 +517,8 @@ type ScheduleProbeRow struct {
 // and next_due = db_now when there is none). With @take_lease, when
 // something is due, it also tries to take the replicas' timer lease (a
 // session advisory lock): the replica holding it sweeps what is due, the
-// others leave it alone. @drop_lease gives it back (the same session).
+// others leave it alone (unless earliest_due shows the holder has stalled).
+// @drop_lease gives it back (the same session).
 // Each part is a min() over the due_at index, which PostgreSQL reads as one
 // index probe whatever the table's statistics say (an EXISTS on a table
 // analysed while empty is planned as a sequential scan). "After @after" is
@@ -528,6 +537,7 @@ func (q *Queries) ScheduleProbe(ctx context.Context, arg ScheduleProbeParams) (S
 	err := row.Scan(
 		&i.DbNow,
 		&i.DueNow,
+		&i.EarliestDue,
 		&i.Leftover,
 		&i.HasNext,
 		&i.NextDue,
