@@ -1,7 +1,10 @@
 // Package sweeper owns the retry sweep: one RunOnce pass moves every due
 // waiting_for_retry step back to pending in concurrent batch transactions,
-// and the Scheduler runs passes on a cron schedule without ever overlapping
-// them. It defines the narrow Store it needs; the db package implements it.
+// and the Scheduler runs passes on a cron schedule and, with its timer gate,
+// at the due times the retry schedule holds, without ever overlapping them.
+// It also owns the adoption and reconcile loops. It defines the narrow
+// interfaces it needs (Store, DueStore, WakeSource); the db package
+// implements them.
 package sweeper
 
 import (
