@@ -46,13 +46,14 @@ func (s *Sweeper) NewAdoptionLoop(opts AdoptionOptions) *AdoptionLoop {
 // Wakes implements WakeSource.
 func (a *AdoptionLoop) Wakes() <-chan time.Time { return a.wakes }
 
-// Run adopts until ctx is cancelled: one pass at once, then one every
-// Interval. On the scan path (no schedule) it returns at once. A failed pass
-// is logged once per failure streak and tried again at the next interval.
-func (a *AdoptionLoop) Run(ctx context.Context) {
+// Run adopts until ctx is cancelled (nil): one pass at once, then one
+// every Interval. On the scan path (no schedule) it returns ErrNoSchedule as
+// soon as it knows. A failed pass is logged once per failure streak and
+// tried again at the next interval.
+func (a *AdoptionLoop) Run(ctx context.Context) error {
 	ds, ok := a.sw.store.(DueStore)
 	if !ok {
-		return
+		return ErrNoSchedule
 	}
 	tick := time.NewTicker(a.opts.Interval)
 	defer tick.Stop()
@@ -61,8 +62,10 @@ func (a *AdoptionLoop) Run(ctx context.Context) {
 		if a.opts.DatabaseReady == nil || a.opts.DatabaseReady() {
 			res, err := ds.Adopt(ctx)
 			switch {
-			case errors.Is(err, ErrNoSchedule) || ctx.Err() != nil:
-				return
+			case errors.Is(err, ErrNoSchedule):
+				return ErrNoSchedule
+			case ctx.Err() != nil:
+				return nil
 			case err != nil:
 				if !failing {
 					a.sw.logger.Warn("adoption pass failed; the sweeps adopt too, and this loop retries", slog.Any("error", err))
@@ -75,7 +78,7 @@ func (a *AdoptionLoop) Run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-tick.C:
 		}
 	}

@@ -166,6 +166,14 @@ func (g *gate) pullIn(due time.Time, reason Trigger) {
 	g.armLocked(due, reason)
 }
 
+// stop disarms the timer (the loop is ending).
+func (g *gate) stop() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.timer.Stop()
+	g.armedAt = time.Time{}
+}
+
 // retryLater arms a look after d (local clock), for a wake-up skipped
 // while the database was unreachable.
 func (g *gate) retryLater(d time.Duration, reason Trigger) {

@@ -2,7 +2,6 @@ package sweeper
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"testing"
 	"time"
@@ -15,7 +14,7 @@ import (
 func testGate(t *testing.T, now time.Time, skew time.Duration) *gate {
 	t.Helper()
 	g := newGate(nil, GateOptions{Gap: 15 * time.Millisecond, Stagger: 5 * time.Millisecond, MaxSleep: time.Minute},
-		slog.New(slog.NewTextHandler(io.Discard, nil)), func() time.Time { return now })
+		slog.New(slog.DiscardHandler), func() time.Time { return now })
 	g.off.Store(false) // no store, but the arming logic is what is tested
 	g.skew, g.skewAt = skew, now
 	t.Cleanup(func() { g.timer.Stop() })

@@ -134,7 +134,7 @@ func (s *Scheduler) Run(ctx context.Context) {
 	defer s.wg.Wait()
 	g := s.gate
 	if g.active() {
-		defer g.timer.Stop()
+		defer g.stop()
 		g.pullIn(time.Time{}, TriggerTimer)
 	}
 	warned := false

@@ -342,3 +342,25 @@ func TestOnTimeTwoDaemonsMoveEveryStepExactlyOnce(t *testing.T) {
 	require.Equal(t, 0, a.stop(t), a.logs.String())
 	require.Equal(t, 0, b.stop(t), b.logs.String())
 }
+
+// On the scan path (no sweeper-owned objects) there is no schedule to time
+// sweeps by: the gate turns itself off, the listener stops, and the status
+// says cron.
+func TestOnTimeIsOffOnTheScanPath(t *testing.T) {
+	t.Parallel()
+	_, url := testdb.NewWithURLFor(t, testdb.TaskerOnly)
+	d, addr, _ := startOnTime(t, url)
+	waitListening(t, d)
+	require.False(t, receive(t, d.listener, 10*time.Second, "the listener to stop"), "nothing is announced on the scan path")
+
+	client := http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Post("http://"+addr+"/v1/sweeps", "application/json", nil)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	status, body := httpGet(t, "http://"+addr+"/v1/status")
+	require.Equal(t, http.StatusOK, status, body)
+	require.Contains(t, body, `"wake_mode":"cron"`)
+	require.Equal(t, 0, d.stop(t), d.logs.String())
+	require.Contains(t, d.logs.String(), "park listener and adoption loop off")
+}

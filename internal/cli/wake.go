@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -67,6 +68,7 @@ type wakeGate struct {
 	listener *db.Listener
 	adoption *sweeper.AdoptionLoop
 	metrics  *telemetry.Metrics
+	logger   *slog.Logger
 }
 
 // newWakeGate prepares the gate's pieces; with --wake-at-due=false there
@@ -74,7 +76,7 @@ type wakeGate struct {
 func newWakeGate(cfg wakeConfig, databaseURL string, sw *sweeper.Sweeper, metrics *telemetry.Metrics,
 	logger *slog.Logger, ready func() bool, listenerUp func(bool),
 ) (*wakeGate, error) {
-	w := &wakeGate{cfg: cfg, metrics: metrics}
+	w := &wakeGate{cfg: cfg, metrics: metrics, logger: logger}
 	if !cfg.atDue {
 		return w, nil
 	}
@@ -115,14 +117,20 @@ func (w *wakeGate) logAttrs() []any {
 }
 
 // start runs the listener and the adoption loop until ctx ends; the
-// returned function waits for both.
+// returned function waits for both. On the scan path (no schedule, so no
+// parks announced) the adoption loop stops at once, and the listener with it.
 func (w *wakeGate) start(ctx context.Context) (wait func()) {
 	var wg sync.WaitGroup
-	if w.listener != nil {
-		wg.Go(func() { w.listener.Run(ctx) })
+	if w.listener == nil {
+		return wg.Wait
 	}
-	if w.adoption != nil {
-		wg.Go(func() { w.adoption.Run(ctx) })
-	}
+	listenCtx, stopListening := context.WithCancel(ctx)
+	wg.Go(func() { w.listener.Run(listenCtx) })
+	wg.Go(func() {
+		defer stopListening()
+		if errors.Is(w.adoption.Run(ctx), sweeper.ErrNoSchedule) {
+			w.logger.Info("park listener and adoption loop off: the scan path keeps no schedule")
+		}
+	})
 	return wg.Wait
 }
