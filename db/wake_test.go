@@ -122,6 +122,44 @@ func TestParkNotifiesTheDueTime(t *testing.T) {
 	require.Equal(t, *res.NextRetryAt, row)
 }
 
+// A park whose due time is no earlier than another row's that is due at
+// least a second from now sends nothing (every timer is armed for that one
+// or earlier); one that comes first does.
+func TestParkNotifiesOnlyWhenItMayBeFirst(t *testing.T) {
+	t.Parallel()
+	pool, url := testdb.NewWithURL(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, url)
+	require.NoError(t, err)
+	defer func() { _ = conn.Close(ctx) }()
+	_, err = conn.Exec(ctx, "LISTEN "+db.ParkedChannel)
+	require.NoError(t, err)
+	_, err = pool.Exec(ctx, `INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at) VALUES ($1, now() + interval '10 seconds')`,
+		uuid.New())
+	require.NoError(t, err)
+	handler, err := handling.NewService(db.NewStore(pool), handling.DefaultConfig())
+	require.NoError(t, err)
+	park := func(retryAfter string) time.Time {
+		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+		testdb.PlaceInState(t, pool, step, statemachine.EnqueuedAsErrorForOrchestration, 0)
+		testdb.SetColumns(t, pool, step, testdb.StepColumns{Attempts: testdb.Ptr[int32](1)})
+		res, err := handler.Handle(ctx, handling.Failure{StepUUID: step, Message: "connection reset", RetryAfter: retryAfter})
+		require.NoError(t, err)
+		require.Equal(t, handling.ActionTransitionedToWaitingForRetry, res.Action)
+		return *res.NextRetryAt
+	}
+	park("30") // after the row due in 10 s: nothing to tell
+	first := park("5")
+
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := conn.WaitForNotification(wctx)
+	require.NoError(t, err)
+	due, err := time.Parse(time.RFC3339Nano, n.Payload)
+	require.NoError(t, err)
+	require.Equal(t, first, due.UTC(), "the first notification is the park that comes first; the later one sent none")
+}
+
 // Adoption on its own: the first pass on a database reconciles; later ones
 // report what they adopted and the earliest due time among it.
 func TestAdoptReportsTheEarliestDueTime(t *testing.T) {

@@ -134,15 +134,24 @@ WITH locked AS (
       AND step.backoff_request_seconds IS NOT NULL
     ON CONFLICT (workflow_step_uuid)
     DO UPDATE SET due_at = excluded.due_at, stranded = false, updated_at = now()
-    RETURNING due_at
+    RETURNING workflow_step_uuid, due_at
 ), woken AS (
     -- Every daemon LISTENs on tasker_sweeper_parked and arms its timer for
     -- the due time in the payload (RFC 3339, UTC, microseconds). Sent in
     -- this statement's transaction, so it is delivered only if the park
-    -- commits.
+    -- commits. Not sent when another row falls due at least a second from
+    -- now and no later than this one: every daemon's timer is armed for that
+    -- one or earlier, and its look at the schedule after that sweep finds
+    -- this row (committed long before). A steady stream of parks then sends
+    -- almost none, which matters: PostgreSQL queues notifications in commit
+    -- order under one lock, so transactions that notify commit one at a time.
     SELECT pg_notify('tasker_sweeper_parked', to_char(parked.due_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
     FROM parked
     WHERE isfinite(parked.due_at)
+      AND coalesce((SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
+                    WHERE s.due_at > now() + interval '1 second'
+                      AND s.workflow_step_uuid <> parked.workflow_step_uuid),
+                   'infinity'::timestamp) > parked.due_at
 )
 SELECT
     -- now(): the last_attempted_at just written, when there was one.
