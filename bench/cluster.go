@@ -255,8 +255,10 @@ func (b *bench) describeMachine(ctx context.Context) error {
 		return fmt.Errorf("read server version: %w", err)
 	}
 	b.machine.settings = map[string]string{}
-	for _, name := range []string{"fsync", "synchronous_commit", "full_page_writes", "wal_sync_method",
-		"shared_buffers", "max_wal_size", "autovacuum"} {
+	for _, name := range []string{
+		"fsync", "synchronous_commit", "full_page_writes", "wal_sync_method",
+		"shared_buffers", "max_wal_size", "autovacuum",
+	} {
 		var v string
 		if err := b.admin.QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v); err != nil {
 			return fmt.Errorf("read setting %s: %w", name, err)

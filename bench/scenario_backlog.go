@@ -119,8 +119,10 @@ func (b *bench) backlog(ctx context.Context) error {
 	if naiveCapped {
 		naiveNote = fmt.Sprintf("capped at %s per run", b.sz.naiveCap)
 	}
-	r.add(row{scenario: "backlog", metric: fmt.Sprintf("naive: 1 tx per step, %d workers", b.sz.naiveWorkers), unit: "steps/s",
-		value: naive, runs: naiveRate, note: naiveNote})
+	r.add(row{
+		scenario: "backlog", metric: fmt.Sprintf("naive: 1 tx per step, %d workers", b.sz.naiveWorkers), unit: "steps/s",
+		value: naive, runs: naiveRate, note: naiveNote,
+	})
 	r.add(row{scenario: "backlog", metric: "sweep / limit", unit: "x", value: vsLimit, target: atLeast(1.0), runs: ratios(sweepRate, limitRate)})
 	r.add(row{scenario: "backlog", metric: "sweep / naive", unit: "x", value: vsNaive, target: atLeast(5.0), runs: ratios(sweepRate, naiveRate)})
 	r.set("backlog_steps_per_s", sweep)

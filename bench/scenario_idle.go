@@ -105,8 +105,10 @@ func (b *bench) idle(ctx context.Context) error {
 	}
 	r := b.res
 	desc := fmt.Sprintf("%d waiting not due, %d complete, %d error", b.sz.idleWaiting, b.sz.idleComplete, b.sz.idleError)
-	r.add(row{scenario: "idle", metric: "sweeper once, warm sweep (" + desc + ")", unit: "ms", value: median(warmMS),
-		runs: warmMS, target: atMost(10)})
+	r.add(row{
+		scenario: "idle", metric: "sweeper once, warm sweep (" + desc + ")", unit: "ms", value: median(warmMS),
+		runs: warmMS, target: atMost(10),
+	})
 	r.add(row{scenario: "idle", metric: "sweeper once, warm, process wall time", unit: "ms", value: median(warmWallMS), runs: warmWallMS})
 	r.add(row{scenario: "idle", metric: "sweeper once, first (cold) sweep of a clone", unit: "ms", value: median(coldMS), runs: coldMS})
 	r.add(row{scenario: "idle", metric: "daemon POST /v1/sweeps, warm pool", unit: "ms", value: median(daemonMS), runs: daemonMS})

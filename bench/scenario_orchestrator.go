@@ -64,8 +64,10 @@ func (b *bench) orchestrator(ctx context.Context) error {
 	desc := fmt.Sprintf("UPDATE workflow_steps by uuid, %d conns, %d steps", b.sz.orchestratorConns, len(steps))
 	r.add(row{scenario: "orchestrator", metric: desc + ", tasker schema only", unit: "updates/s", value: wo, runs: without})
 	r.add(row{scenario: "orchestrator", metric: desc + ", + sweeper-owned objects (" + sets + ")", unit: "updates/s", value: w, runs: with})
-	r.add(row{scenario: "orchestrator", metric: "slowdown with the sweeper-owned objects", unit: "%", value: slowdown,
-		runs: slowdowns(without, with), target: atMost(10)})
+	r.add(row{
+		scenario: "orchestrator", metric: "slowdown with the sweeper-owned objects", unit: "%", value: slowdown,
+		runs: slowdowns(without, with), target: atMost(10),
+	})
 	r.set("orchestrator_update_slowdown_pct", slowdown)
 	r.set("orchestrator_updates_per_s_without", wo)
 	r.set("orchestrator_updates_per_s_with", w)

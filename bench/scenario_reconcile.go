@@ -67,10 +67,14 @@ func (b *bench) reconcile(ctx context.Context) error {
 		}
 	}
 	desc := fmt.Sprintf("%d waiting", b.sz.idleWaiting)
-	b.res.add(row{scenario: "reconcile", metric: "pass, schedule consistent (" + desc + ")", unit: "ms",
-		value: median(steadyMS), runs: steadyMS})
-	b.res.add(row{scenario: "reconcile", metric: "pass after the schedule was truncated (" + desc + ")", unit: "ms",
-		value: median(rebuildMS), runs: rebuildMS})
+	b.res.add(row{
+		scenario: "reconcile", metric: "pass, schedule consistent (" + desc + ")", unit: "ms",
+		value: median(steadyMS), runs: steadyMS,
+	})
+	b.res.add(row{
+		scenario: "reconcile", metric: "pass after the schedule was truncated (" + desc + ")", unit: "ms",
+		value: median(rebuildMS), runs: rebuildMS,
+	})
 	b.res.set("reconcile_ms", median(steadyMS))
 	b.res.set("reconcile_rebuild_ms", median(rebuildMS))
 	return nil

@@ -185,7 +185,8 @@ func (b *bench) startDaemon(ctx context.Context, dbURL string, extra ...string) 
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"run", "--http-addr", addr, "--log-level", "warn"}, extra...)
+	// No ops listener: replicas would all want its default port.
+	args := append([]string{"run", "--http-addr", addr, "--ops-addr=", "--log-level", "warn"}, extra...)
 	cmd := exec.CommandContext(ctx, b.sweeper, args...)
 	cmd.Env = sweeperEnv(dbURL)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

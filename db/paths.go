@@ -27,6 +27,7 @@ type pathStore interface {
 	probeDue(ctx context.Context, req sweeper.ProbeRequest) (sweeper.DueProbe, sweeper.Lease, error)
 	reevaluateOnly(ctx context.Context) (sweeper.Preparation, error)
 	adoptOnly(ctx context.Context) (sweeper.Adoption, error)
+	backlog(ctx context.Context) (sweeper.Backlog, error)
 }
 
 var (
@@ -133,4 +134,14 @@ func (s *Store) ApplyFailure(ctx context.Context, w handling.FailureWrite) (hand
 		return handling.FailureWritten{}, fmt.Errorf("apply failure to step %s: %w", w.StepUUID, err)
 	}
 	return written, nil
+}
+
+// Backlog counts the waiting and due steps and finds the oldest due one,
+// for the gauges (see backlog.sql.tmpl for what each path reads).
+func (s *Store) Backlog(ctx context.Context) (sweeper.Backlog, error) {
+	p, err := s.choose(ctx)
+	if err != nil {
+		return sweeper.Backlog{}, err
+	}
+	return p.backlog(ctx)
 }

@@ -61,6 +61,14 @@ func (s *scanStore) strandedSample(ctx context.Context, limit int) ([]sweeper.St
 	return strandedSteps(rows), nil
 }
 
+func (s *scanStore) backlog(ctx context.Context) (sweeper.Backlog, error) {
+	row, err := s.q.SweepBacklog(ctx, s.now())
+	if err != nil {
+		return sweeper.Backlog{}, fmt.Errorf("count the backlog: %w", asSentinel(err))
+	}
+	return sweeper.Backlog{Waiting: row.Waiting, Due: row.Due, OldestDueAt: row.OldestDueAt, DBNow: row.DbNow}, nil
+}
+
 func (*scanStore) reconcile(context.Context, time.Duration) (sweeper.Reconciliation, error) {
 	return sweeper.Reconciliation{}, sweeper.ErrNoSchedule
 }
@@ -125,8 +133,10 @@ func strandedSteps[R ~strandedRow](rows []R) []sweeper.StrandedStep {
 	steps := make([]sweeper.StrandedStep, len(rows))
 	for i, row := range rows {
 		r := strandedRow(row)
-		steps[i] = sweeper.StrandedStep{StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID,
-			Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable}
+		steps[i] = sweeper.StrandedStep{
+			StepUUID: r.WorkflowStepUUID, TaskUUID: r.TaskUUID,
+			Attempts: r.Attempts, MaxAttempts: r.MaxAttempts, Retryable: r.Retryable,
+		}
 	}
 	return steps
 }

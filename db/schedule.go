@@ -109,9 +109,15 @@ func (s *scheduleStore) adopt(ctx context.Context) (sweeper.Adoption, error) {
 		return sweeper.Adoption{}, fmt.Errorf("adopt waiting steps: %w", asSentinel(err))
 	}
 	if row.WatermarkMissing {
-		res, err := s.reconcile(ctx, 0)
+		// No pass has completed on this database: the schedule holds only
+		// what the inline handler wrote. Run the first one, or wait for the
+		// replica running it, before the sweep trusts the schedule.
+		res, err := s.reconcilePass(ctx, 0, true)
 		if err != nil {
 			return sweeper.Adoption{}, err
+		}
+		if !res.Ran {
+			return sweeper.Adoption{}, nil // another replica's first pass finished meanwhile
 		}
 		return sweeper.Adoption{Adopted: int(res.Missing), Reconciled: &res}, nil
 	}
@@ -145,6 +151,13 @@ func nextWatermark(scannedAt, oldestXactStart time.Time) time.Time {
 // ScheduleReconcile), if the last pass is at least olderThan old, one replica
 // at a time: the others skip.
 func (s *scheduleStore) reconcile(ctx context.Context, olderThan time.Duration) (sweeper.Reconciliation, error) {
+	return s.reconcilePass(ctx, olderThan, false)
+}
+
+// reconcilePass is reconcile; with first it is the first pass on a database
+// (the adoption watermark was never set): it waits for a replica's pass in
+// flight instead of skipping, and runs only if that one did not complete.
+func (s *scheduleStore) reconcilePass(ctx context.Context, olderThan time.Duration, first bool) (sweeper.Reconciliation, error) {
 	var res sweeper.Reconciliation
 	if olderThan > 0 {
 		// A plain read first, so the common "not due" answer takes no lock.
@@ -159,16 +172,26 @@ func (s *scheduleStore) reconcile(ctx context.Context, olderThan time.Duration) 
 	start := time.Now()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		q := s.q.WithTx(tx)
-		state, err := q.AdoptionLock(ctx)
-		if errors.Is(err, pgx.ErrNoRows) {
-			res.Skipped = true // another replica is reconciling right now
-			return nil
-		}
-		if err != nil {
-			return asSentinel(err)
-		}
-		if olderThan > 0 && !reconcileDue(state.LastFullPass, state.DbNow, olderThan) {
-			return nil // another replica just finished one
+		if first {
+			state, err := q.AdoptionLockWait(ctx)
+			if err != nil {
+				return asSentinel(err)
+			}
+			if state.Watermark != nil {
+				return nil // the replica we waited for completed the first pass
+			}
+		} else {
+			state, err := q.AdoptionLock(ctx)
+			if errors.Is(err, pgx.ErrNoRows) {
+				res.Skipped = true // another replica is reconciling right now
+				return nil
+			}
+			if err != nil {
+				return asSentinel(err)
+			}
+			if olderThan > 0 && !reconcileDue(state.LastFullPass, state.DbNow, olderThan) {
+				return nil // another replica just finished one
+			}
 		}
 		row, err := q.ScheduleReconcile(ctx, s.now())
 		if err != nil {
@@ -183,7 +206,7 @@ func (s *scheduleStore) reconcile(ctx context.Context, olderThan time.Duration) 
 		}))
 	})
 	if err != nil {
-		return sweeper.Reconciliation{}, fmt.Errorf("reconcile: %w", err)
+		return sweeper.Reconciliation{}, fmt.Errorf("reconcile the schedule: %w", err)
 	}
 	res.Duration = time.Since(start)
 	res.DurationMS = float64(res.Duration.Microseconds()) / 1000
@@ -192,6 +215,19 @@ func (s *scheduleStore) reconcile(ctx context.Context, olderThan time.Duration) 
 
 func reconcileDue(last *time.Time, now time.Time, olderThan time.Duration) bool {
 	return last == nil || now.Sub(*last) >= olderThan
+}
+
+// BacklogDueLimit is where the schedule path stops counting due steps: a
+// larger backlog reads as this many (the count's cost stays bounded when
+// sweeps have stalled, which is when the gauge matters).
+const BacklogDueLimit = 100_000
+
+func (s *scheduleStore) backlog(ctx context.Context) (sweeper.Backlog, error) {
+	row, err := s.q.ScheduleBacklog(ctx, dbsqlc.ScheduleBacklogParams{Now: s.now(), DueLimit: BacklogDueLimit})
+	if err != nil {
+		return sweeper.Backlog{}, fmt.Errorf("count the backlog: %w", asSentinel(err))
+	}
+	return sweeper.Backlog{Waiting: row.Waiting, Due: row.Due, OldestDueAt: row.OldestDueAt, DBNow: row.DbNow}, nil
 }
 
 func (s *scheduleStore) countDueLeft(ctx context.Context) (int64, error) {

@@ -169,10 +169,10 @@ func notifyPayloads(sweepID uuid.UUID, tasks []uuid.UUID) []string {
 // CountDue implements sweeper.Store. It always evaluates the due rule over
 // the tasker tables, whatever the path: it is the reference a dry run and
 // `sweeper status` report, and it writes nothing.
-func (s *base) CountDue(ctx context.Context) (sweeper.Counts, error) {
+func (s *base) CountDue(ctx context.Context) (sweeper.DueCounts, error) {
 	row, err := s.q.SweepCountDue(ctx, s.now())
 	if err != nil {
-		return sweeper.Counts{}, fmt.Errorf("count due steps: %w", asSentinel(err))
+		return sweeper.DueCounts{}, fmt.Errorf("count due steps: %w", asSentinel(err))
 	}
-	return sweeper.Counts{Due: row.Due, Stranded: row.Stranded, NotYetDue: row.NotYetDue, NextDueAt: row.NextDueAt}, nil
+	return sweeper.DueCounts{Due: row.Due, Stranded: row.Stranded, NotYetDue: row.NotYetDue, NextDueAt: row.NextDueAt}, nil
 }

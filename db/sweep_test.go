@@ -41,8 +41,8 @@ WHERE task_uuid = $1`, task.TaskUUID, justAfter)
 	require.Len(t, claimed, 1)
 	require.Equal(t, atNow, claimed[0].WorkflowStepUUID)
 
-	var dbNow = claimed[0].DueAt
-	var now = dbNow
+	dbNow := claimed[0].DueAt
+	now := dbNow
 	require.NoError(t, tx.QueryRow(ctx, `SELECT now()::timestamp`).Scan(&now))
 	require.Equal(t, now, dbNow, "due_at is exactly the transaction's now()")
 }

@@ -2,7 +2,6 @@ package handling_test
 
 import (
 	"encoding/json"
-	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -276,7 +275,7 @@ func TestParseCategoryErrorNamesInput(t *testing.T) {
 
 	_, err := handling.ParseCategory("bogus")
 	require.EqualError(t, err, `parse category "bogus": unknown error category`)
-	require.True(t, errors.Is(err, handling.ErrUnknownCategory))
+	require.ErrorIs(t, err, handling.ErrUnknownCategory)
 }
 
 // TestStandardClassifierProperties checks invariants that hold for any

@@ -1,7 +1,6 @@
 package handling_test
 
 import (
-	"errors"
 	"testing"
 	"time"
 
@@ -43,6 +42,6 @@ func TestNewServiceRefusesAnInvalidConfig(t *testing.T) {
 	svc, err := handling.NewService(nil, cfg)
 	require.Nil(t, svc)
 	var fe *handling.FieldError
-	require.True(t, errors.As(err, &fe), "got %v", err)
+	require.ErrorAs(t, err, &fe)
 	require.Equal(t, "backoff_base", fe.Field)
 }

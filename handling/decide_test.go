@@ -82,123 +82,161 @@ func TestDecide(t *testing.T) {
 		{
 			name: "repeated report on a parked step", step: withState(failedStep(1, 3), statemachine.WaitingForRetry),
 			classification: transient,
-			want: want{action: handling.ActionNoActionTaken, state: statemachine.WaitingForRetry,
-				reason: "step already in waiting_for_retry: failure already handled", attempts: 1, maxAttempts: 3},
+			want: want{
+				action: handling.ActionNoActionTaken, state: statemachine.WaitingForRetry,
+				reason: "step already in waiting_for_retry: failure already handled", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "repeated report on a failed step", step: withState(failedStep(3, 3), statemachine.Error),
 			classification: transient,
-			want: want{action: handling.ActionNoActionTaken, state: statemachine.Error,
-				reason: "step already in error: failure already handled", attempts: 3, maxAttempts: 3},
+			want: want{
+				action: handling.ActionNoActionTaken, state: statemachine.Error,
+				reason: "step already in error: failure already handled", attempts: 3, maxAttempts: 3,
+			},
 		},
 
 		// Not eligible: each reason.
 		{
 			name: "classification off", cfg: func(c *handling.Config) { c.UseErrorClassification = false },
 			step: failedStep(1, 3), classification: disabled,
-			want: want{action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
-				reason: "error classification disabled: every error is permanent", attempts: 1, maxAttempts: 3},
+			want: want{
+				action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
+				reason: "error classification disabled: every error is permanent", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "classification off ignores the worker's retryable", cfg: func(c *handling.Config) { c.UseErrorClassification = false },
 			step: failedStep(1, 3), failure: handling.Failure{Retryable: testdb.Ptr(true)}, classification: disabled,
-			want: want{action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
-				reason: "error classification disabled: every error is permanent", attempts: 1, maxAttempts: 3},
+			want: want{
+				action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
+				reason: "error classification disabled: every error is permanent", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "worker says not retryable", step: failedStep(1, 3),
 			failure: handling.Failure{Retryable: testdb.Ptr(false)}, classification: transient,
-			want: want{action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
-				reason: "worker reported the error as not retryable", attempts: 1, maxAttempts: 3},
+			want: want{
+				action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
+				reason: "worker reported the error as not retryable", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "category not retryable", step: failedStep(1, 3), classification: permanent,
-			want: want{action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
-				reason: "Permanent errors are not retryable", attempts: 1, maxAttempts: 3},
+			want: want{
+				action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
+				reason: "Permanent errors are not retryable", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "step not retryable", step: notRetryable(failedStep(1, 3)), classification: transient,
-			want: want{action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
-				reason: "step is not retryable", attempts: 1, maxAttempts: 3},
+			want: want{
+				action: handling.ActionMarkedAsPermanentFailure, state: statemachine.Error, event: &fail,
+				reason: "step is not retryable", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "attempts exhausted", step: failedStep(3, 3), classification: transient,
-			want: want{action: handling.ActionMarkedAsError, state: statemachine.Error, event: &fail,
-				reason: "attempts exhausted (3 of 3)", attempts: 3, maxAttempts: 3},
+			want: want{
+				action: handling.ActionMarkedAsError, state: statemachine.Error, event: &fail,
+				reason: "attempts exhausted (3 of 3)", attempts: 3, maxAttempts: 3,
+			},
 		},
 		{
 			name: "null max_attempts is tasker's 3: exhausted at 3", step: nullMax(failedStep(3, 0)), classification: transient,
-			want: want{action: handling.ActionMarkedAsError, state: statemachine.Error, event: &fail,
-				reason: "attempts exhausted (3 of 3)", attempts: 3, maxAttempts: 3},
+			want: want{
+				action: handling.ActionMarkedAsError, state: statemachine.Error, event: &fail,
+				reason: "attempts exhausted (3 of 3)", attempts: 3, maxAttempts: 3,
+			},
 		},
 		{
 			name: "exhausted in legacy mode still fails", cfg: func(c *handling.Config) { c.UseWaitingForRetryState = false },
 			step: failedStep(3, 3), classification: transient,
-			want: want{action: handling.ActionMarkedAsError, state: statemachine.Error, event: &fail,
-				reason: "attempts exhausted (3 of 3)", attempts: 3, maxAttempts: 3},
+			want: want{
+				action: handling.ActionMarkedAsError, state: statemachine.Error, event: &fail,
+				reason: "attempts exhausted (3 of 3)", attempts: 3, maxAttempts: 3,
+			},
 		},
 
 		// Eligible: a retry.
 		{
 			name: "exponential backoff", step: failedStep(1, 3), classification: transient,
-			want: want{action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
+			want: want{
+				action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
 				backoff: 2, source: backoff.SourceExponential,
-				reason: "retryable Transient failure, attempt 1 of 3", attempts: 1, maxAttempts: 3},
+				reason: "retryable Transient failure, attempt 1 of 3", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "null attempts count as zero", step: nullAttempts(failedStep(0, 3)), classification: transient,
-			want: want{action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
+			want: want{
+				action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
 				backoff: 1, source: backoff.SourceExponential,
-				reason: "retryable Transient failure, attempt 0 of 3", attempts: 0, maxAttempts: 3},
+				reason: "retryable Transient failure, attempt 0 of 3", attempts: 0, maxAttempts: 3,
+			},
 		},
 		{
 			name: "null max_attempts is tasker's 3: retried at 2", step: nullMax(failedStep(2, 0)), classification: transient,
-			want: want{action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
+			want: want{
+				action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
 				backoff: 4, source: backoff.SourceExponential,
-				reason: "retryable Transient failure, attempt 2 of 3", attempts: 2, maxAttempts: 3},
+				reason: "retryable Transient failure, attempt 2 of 3", attempts: 2, maxAttempts: 3,
+			},
 		},
 		{
 			name: "jitter from the injected rand", cfg: func(c *handling.Config) { c.Backoff.Jitter, c.Backoff.JitterFraction = true, 0.5 },
 			step: failedStep(3, 5), classification: transient, rnd: fixedRand(0.75),
 			// 1 s × 2³ = 8 s; a draw of 0.75 is +0.5 × 0.5 × 8 s = +2 s.
-			want: want{action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
+			want: want{
+				action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
 				backoff: 10, source: backoff.SourceExponential, jitter: 2,
-				reason: "retryable Transient failure, attempt 3 of 5", attempts: 3, maxAttempts: 5},
+				reason: "retryable Transient failure, attempt 3 of 5", attempts: 3, maxAttempts: 5,
+			},
 		},
 		{
 			name: "worker says retryable beats the category", step: failedStep(1, 3),
 			failure: handling.Failure{Retryable: testdb.Ptr(true)}, classification: permanent,
-			want: want{action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
+			want: want{
+				action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
 				backoff: 2, source: backoff.SourceExponential,
-				reason: "retryable Permanent failure, attempt 1 of 3", attempts: 1, maxAttempts: 3},
+				reason: "retryable Permanent failure, attempt 1 of 3", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "retry-after seconds", step: failedStep(1, 3),
 			failure: handling.Failure{RetryAfter: "120"}, classification: transient,
-			want: want{action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
+			want: want{
+				action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
 				backoff: 120, source: backoff.SourceRetryAfter,
-				reason: "retryable Transient failure, attempt 1 of 3", attempts: 1, maxAttempts: 3},
+				reason: "retryable Transient failure, attempt 1 of 3", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "retry-after date judged against now", step: failedStep(1, 3),
 			failure: handling.Failure{RetryAfter: "Tue, 06 May 2031 07:10:09 GMT"}, classification: transient,
-			want: want{action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
+			want: want{
+				action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
 				backoff: 120, source: backoff.SourceRetryAfter,
-				reason: "retryable Transient failure, attempt 1 of 3", attempts: 1, maxAttempts: 3},
+				reason: "retryable Transient failure, attempt 1 of 3", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "retry-after capped at max", step: failedStep(1, 3),
 			failure: handling.Failure{RetryAfter: "100000"}, classification: transient,
-			want: want{action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
+			want: want{
+				action: handling.ActionTransitionedToWaitingForRetry, state: statemachine.WaitingForRetry, event: &wait,
 				backoff: 300, source: backoff.SourceRetryAfter,
-				reason: "retryable Transient failure, attempt 1 of 3", attempts: 1, maxAttempts: 3},
+				reason: "retryable Transient failure, attempt 1 of 3", attempts: 1, maxAttempts: 3,
+			},
 		},
 		{
 			name: "legacy mode: backoff only, the real state", cfg: func(c *handling.Config) { c.UseWaitingForRetryState = false },
 			step: failedStep(1, 3), classification: transient,
-			want: want{action: handling.ActionNoActionTaken, state: statemachine.EnqueuedAsErrorForOrchestration,
+			want: want{
+				action: handling.ActionNoActionTaken, state: statemachine.EnqueuedAsErrorForOrchestration,
 				backoff: 2, source: backoff.SourceExponential,
-				reason: "legacy mode: backoff written, state left to the orchestrator", attempts: 1, maxAttempts: 3},
+				reason: "legacy mode: backoff written, state left to the orchestrator", attempts: 1, maxAttempts: 3,
+			},
 		},
 
 		// Illegal states.

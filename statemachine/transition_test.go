@@ -93,7 +93,7 @@ func TestWaitingForRetryCannotFail(t *testing.T) {
 	t.Parallel()
 
 	to, err := statemachine.Next(statemachine.WaitingForRetry, statemachine.EventFail)
-	require.True(t, errors.Is(err, statemachine.ErrInvalidTransition), "got %v", err)
+	require.ErrorIs(t, err, statemachine.ErrInvalidTransition)
 	require.Empty(t, to)
 	require.False(t, statemachine.CanTransition(statemachine.WaitingForRetry, statemachine.EventFail))
 	require.Contains(t, err.Error(), "Fail")

@@ -1,7 +1,6 @@
 package sweeper_test
 
 import (
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -14,8 +13,10 @@ import (
 func TestConfigValidateNamesTheField(t *testing.T) {
 	t.Parallel()
 	require.NoError(t, sweeper.DefaultConfig().Validate())
-	edge := sweeper.Config{BatchSize: sweeper.MaxBatchSize, Workers: sweeper.MaxWorkers, BatchTimeout: time.Nanosecond,
-		NotifyChannel: strings.Repeat("c", sweeper.MaxNotifyChannelLen)}
+	edge := sweeper.Config{
+		BatchSize: sweeper.MaxBatchSize, Workers: sweeper.MaxWorkers, BatchTimeout: time.Nanosecond,
+		NotifyChannel: strings.Repeat("c", sweeper.MaxNotifyChannelLen),
+	}
 	require.NoError(t, edge.Validate(), "every limit is inclusive")
 
 	for _, tc := range []struct {
@@ -46,6 +47,6 @@ func TestNewRefusesAnInvalidConfig(t *testing.T) {
 	sw, err := sweeper.New(nil, sweeper.Config{BatchSize: 10, Workers: 100, BatchTimeout: time.Second}, discard, sweeper.Hooks{})
 	require.Nil(t, sw)
 	var fe *sweeper.FieldError
-	require.True(t, errors.As(err, &fe), "got %v", err)
+	require.ErrorAs(t, err, &fe)
 	require.Equal(t, "workers", fe.Field)
 }

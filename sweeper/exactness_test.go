@@ -123,8 +123,10 @@ func TestOddValuesFollowTaskerAndPoisonNothing(t *testing.T) {
 			task.Steps[2], task.Steps[3], task.Steps[4], task.Steps[5]
 		for _, s := range task.Steps {
 			testdb.PlaceInState(t, pool, s, statemachine.WaitingForRetry, 0)
-			testdb.SetColumns(t, pool, s, testdb.StepColumns{Attempts: testdb.Ptr[int32](1),
-				LastAttemptedAgo: testdb.Ptr(time.Minute), BackoffRequestSeconds: testdb.Ptr[int32](5)})
+			testdb.SetColumns(t, pool, s, testdb.StepColumns{
+				Attempts:         testdb.Ptr[int32](1),
+				LastAttemptedAgo: testdb.Ptr(time.Minute), BackoffRequestSeconds: testdb.Ptr[int32](5),
+			})
 		}
 		exec := func(sql string, args ...any) {
 			t.Helper()
@@ -228,8 +230,10 @@ func TestReconcileCorrectsInPlaceEdits(t *testing.T) {
 	for _, s := range task.Steps {
 		parkNotDue(t, pool, s) // attempts 1, 600 s backoff from a second ago
 	}
-	testdb.SetColumns(t, pool, stranded, testdb.StepColumns{Attempts: testdb.Ptr[int32](3), MaxAttempts: testdb.Ptr[int32](3),
-		LastAttemptedAgo: testdb.Ptr(time.Hour)})
+	testdb.SetColumns(t, pool, stranded, testdb.StepColumns{
+		Attempts: testdb.Ptr[int32](3), MaxAttempts: testdb.Ptr[int32](3),
+		LastAttemptedAgo: testdb.Ptr(time.Hour),
+	})
 	testdb.SetColumns(t, pool, notRetryable, testdb.StepColumns{Retryable: testdb.Ptr(false), LastAttemptedAgo: testdb.Ptr(time.Hour)})
 	sum, err := sw.RunOnce(ctx, false)
 	require.NoError(t, err)
@@ -242,7 +246,8 @@ func TestReconcileCorrectsInPlaceEdits(t *testing.T) {
 	testdb.SetColumns(t, pool, stranded, testdb.StepColumns{MaxAttempts: testdb.Ptr[int32](5)})
 	testdb.SetColumns(t, pool, notRetryable, testdb.StepColumns{Retryable: testdb.Ptr(true)})
 	_, err = db.NewStore(pool).WriteTransition(ctx, db.Transition{
-		StepUUID: movedAway, From: statemachine.WaitingForRetry, Event: statemachine.Event{Type: statemachine.EventCancel}})
+		StepUUID: movedAway, From: statemachine.WaitingForRetry, Event: statemachine.Event{Type: statemachine.EventCancel},
+	})
 	require.NoError(t, err)
 
 	sum, err = sw.RunOnce(ctx, false)
@@ -348,7 +353,8 @@ func TestParityAfterRandomEditsAndReconcile(t *testing.T) {
 					testdb.PlaceInState(t, pool, s, statemachine.WaitingForRetry, 0)
 				case states[s] == "pending":
 					_, err := store.WriteTransition(ctx, db.Transition{
-						StepUUID: s, From: statemachine.Pending, Event: statemachine.WaitForRetryEvent("again")})
+						StepUUID: s, From: statemachine.Pending, Event: statemachine.WaitForRetryEvent("again"),
+					})
 					require.NoError(t, err)
 				}
 				_, err := pool.Exec(ctx, `

@@ -17,3 +17,6 @@ func NewSchedulerWith(sw *Sweeper, sched cron.Schedule, logger *slog.Logger, opt
 	s.now, s.after = now, after
 	return s
 }
+
+// SetClock replaces the clock of the sweeper's log rate limits.
+func (s *Sweeper) SetClock(now func() time.Time) { s.now = now }

@@ -109,7 +109,8 @@ func TestSweepAdoptsStepsParkedByOtherWriters(t *testing.T) {
 	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
 	testdb.SetColumns(t, pool, step, testdb.StepColumns{
-		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](5)})
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](5),
+	})
 
 	sum, err := sw.RunOnce(ctx, false)
 	require.NoError(t, err)
@@ -175,7 +176,8 @@ func parkNotDue(t *testing.T, pool *pgxpool.Pool, step uuid.UUID) {
 	t.Helper()
 	testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
 	testdb.SetColumns(t, pool, step, testdb.StepColumns{
-		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600),
+	})
 }
 
 // countingStore counts the batches a sweep asks for.
@@ -257,7 +259,7 @@ func TestAdoptionWatermarkAdvances(t *testing.T) {
 	_, err = sw.RunOnce(ctx, false)
 	require.NoError(t, err)
 	_, second, _ := adoptionRow(t, pool)
-	require.True(t, !second.Before(*first), "an old watermark is advanced: %s -> %s", first, second)
+	require.False(t, second.Before(*first), "an old watermark is advanced: %s -> %s", first, second)
 
 	// Something adopted: it moves even though it is recent.
 	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]

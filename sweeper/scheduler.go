@@ -178,7 +178,7 @@ func (s *Scheduler) armCron(warned *bool) (<-chan time.Time, func() bool, bool) 
 	case !*warned:
 		*warned = true
 		s.logger.Warn("the schedule gives no next sweep time after now; no scheduled sweeps until it does",
-			slog.Time("next", next), slog.Duration("recheck_every", minScheduleWait))
+			slog.Time("next", next), slog.String("recheck_every", minScheduleWait.String()))
 		wait = minScheduleWait
 	default:
 		wait = minScheduleWait

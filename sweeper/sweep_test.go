@@ -182,15 +182,20 @@ func buildRuleFixtures(t *testing.T, pool *pgxpool.Pool) []ruleFixture {
 	single("attempts NULL is a first attempt", true, toWaiting,
 		testdb.StepColumns{LastAttemptedAgo: ago(time.Hour), BackoffRequestSeconds: i32(1)})
 	single("processed", false, toWaiting, testdb.StepColumns{
-		Processed: testdb.Ptr(true), Attempts: i32(1), LastAttemptedAgo: ago(time.Hour), BackoffRequestSeconds: i32(1)})
+		Processed: testdb.Ptr(true), Attempts: i32(1), LastAttemptedAgo: ago(time.Hour), BackoffRequestSeconds: i32(1),
+	})
 	single("in_process", false, toWaiting, testdb.StepColumns{
-		InProcess: testdb.Ptr(true), Attempts: i32(1), LastAttemptedAgo: ago(time.Hour), BackoffRequestSeconds: i32(1)})
+		InProcess: testdb.Ptr(true), Attempts: i32(1), LastAttemptedAgo: ago(time.Hour), BackoffRequestSeconds: i32(1),
+	})
 	single("max_attempts NULL, attempts 2", true, toWaiting, testdb.StepColumns{
-		NullMaxAttempts: true, Attempts: i32(2), LastAttemptedAgo: ago(time.Hour), BackoffRequestSeconds: i32(1)})
+		NullMaxAttempts: true, Attempts: i32(2), LastAttemptedAgo: ago(time.Hour), BackoffRequestSeconds: i32(1),
+	})
 	single("max_attempts NULL, attempts 3: stranded", false, toWaiting, testdb.StepColumns{
-		NullMaxAttempts: true, Attempts: i32(3), LastAttemptedAgo: ago(time.Hour), BackoffRequestSeconds: i32(1)})
+		NullMaxAttempts: true, Attempts: i32(3), LastAttemptedAgo: ago(time.Hour), BackoffRequestSeconds: i32(1),
+	})
 	single("backoff expired within the last second", true, toWaiting, testdb.StepColumns{
-		Attempts: i32(1), LastAttemptedAgo: ago(2 * time.Second), BackoffRequestSeconds: i32(1)})
+		Attempts: i32(1), LastAttemptedAgo: ago(2 * time.Second), BackoffRequestSeconds: i32(1),
+	})
 
 	// Parents: a two-step task whose second step waits on the first.
 	withParent := func(name string, due bool, parent statemachine.State) {

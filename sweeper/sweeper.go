@@ -58,8 +58,9 @@ type BatchResult struct {
 	Trigger Trigger
 }
 
-// Counts is what a sweep would do right now, without writing.
-type Counts struct {
+// DueCounts is what a sweep would do right now, without writing: the due,
+// stranded and not-yet-due steps by the due rule over the tasker tables.
+type DueCounts struct {
 	Due      int64
 	Stranded int64
 	// NotYetDue steps are eligible and waiting for their backoff; the first
@@ -135,7 +136,9 @@ func (r Reconciliation) Corrected() int64 {
 }
 
 // Store is what a sweep needs from the database. Each sweep path has its
-// own implementation; none branches on the path.
+// own implementation; none branches on the path. Its errors name the
+// operation that failed ("count due steps: ..."), so a sweep passes them on
+// without saying it again.
 type Store interface {
 	// Path says how due steps are found.
 	Path(ctx context.Context) (Path, error)
@@ -150,7 +153,7 @@ type Store interface {
 	// batches, those another transaction held locked.
 	CountDueLeft(ctx context.Context) (int64, error)
 	// CountDue evaluates the due rule without locking or writing.
-	CountDue(ctx context.Context) (Counts, error)
+	CountDue(ctx context.Context) (DueCounts, error)
 	// Stranded counts the stranded steps and lists up to sample of them.
 	Stranded(ctx context.Context, sample int) (int64, []StrandedStep, error)
 }
@@ -269,6 +272,10 @@ type Sweeper struct {
 	hooks  Hooks
 	// loggedPath is the path last announced in the logs.
 	loggedPath atomic.Value
+	// stranded rate-limits the stranded-steps warning.
+	stranded strandedLog
+	// now is the clock of the log rate limits (tests replace it).
+	now func() time.Time
 	// aborted is cancelled by AbortBatches (set up on first use).
 	abortOnce sync.Once
 	aborted   context.Context
@@ -280,7 +287,7 @@ func New(store Store, cfg Config, logger *slog.Logger, hooks Hooks) (*Sweeper, e
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("new sweeper: %w", err)
 	}
-	return &Sweeper{store: store, cfg: cfg, logger: logger, hooks: hooks}, nil
+	return &Sweeper{store: store, cfg: cfg, logger: logger, hooks: hooks, now: time.Now}, nil
 }
 
 // strandedSampleSize is how many stranded step ids a sweep logs.
@@ -383,7 +390,7 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 	if sum.DryRun {
 		counts, err := s.store.CountDue(ctx)
 		if err != nil {
-			return fmt.Errorf("count due steps: %w", err)
+			return err
 		}
 		sum.Transitioned = int(counts.Due)
 		sum.Stranded = counts.Stranded
@@ -394,8 +401,11 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 		return fmt.Errorf("prepare sweep: %w", err)
 	}
 	sum.Adopted = prep.Adopted
-	if prep.Reconciled != nil {
-		s.logReconciliation(*prep.Reconciled)
+	if r := prep.Reconciled; r != nil && r.Ran {
+		// The first pass on a database fills the schedule: what it adds is
+		// not drift.
+		log.Info("first reconcile pass on this database: the schedule now holds every waiting step",
+			slog.Int64("waiting", r.Waiting), slog.Int64("added", r.Missing), slog.Float64("duration_ms", r.DurationMS))
 	}
 	if prep.Adopted > 0 {
 		log.Info("adopted steps parked by other writers", slog.Int("adopted", prep.Adopted))
@@ -405,17 +415,10 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 	}
 	stranded, sample, err := s.store.Stranded(ctx, strandedSampleSize)
 	if err != nil {
-		return fmt.Errorf("count stranded steps: %w", err)
+		return err
 	}
 	sum.Stranded = stranded
-	if stranded > 0 {
-		ids := make([]string, len(sample))
-		for i, st := range sample {
-			ids[i] = st.StepUUID.String()
-		}
-		log.Warn("stranded steps: waiting_for_retry but not retry-eligible; only an operator can move them",
-			slog.Int64("stranded", stranded), slog.Any("sample_step_uuids", ids))
-	}
+	s.logStranded(log, stranded, sample)
 	if prep.NothingDue {
 		return nil
 	}
@@ -429,10 +432,57 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 	// (the claims skip locked rows) or fell due in the last moments.
 	left, err := s.store.CountDueLeft(ctx)
 	if err != nil {
-		return fmt.Errorf("count due steps left: %w", err)
+		return err
 	}
 	sum.SkippedLocked = left
 	return nil
+}
+
+// strandedRepeat is how often an unchanged number of stranded steps is
+// logged again; a change is logged at once.
+const strandedRepeat = 10 * time.Minute
+
+// strandedLog remembers the stranded count last logged, so a sweep every
+// few seconds does not repeat the same warning.
+type strandedLog struct {
+	mu     sync.Mutex
+	logged bool
+	count  int64
+	at     time.Time
+}
+
+// due reports whether count should be logged at now, and records it if so.
+func (l *strandedLog) due(count int64, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.logged && count == 0 {
+		return false // nothing stranded, and nothing said yet
+	}
+	if l.logged && count == l.count && (count == 0 || now.Sub(l.at) < strandedRepeat) {
+		return false // "none left" is said once
+	}
+	l.logged, l.count, l.at = true, count, now
+	return true
+}
+
+// logStranded warns about stranded steps when their number changed or
+// strandedRepeat passed since it was last logged, and says so once when
+// none are left.
+func (s *Sweeper) logStranded(log *slog.Logger, stranded int64, sample []StrandedStep) {
+	if !s.stranded.due(stranded, s.now()) {
+		return
+	}
+	if stranded == 0 {
+		log.Info("no stranded steps left")
+		return
+	}
+	ids := make([]string, len(sample))
+	for i, st := range sample {
+		ids[i] = st.StepUUID.String()
+	}
+	log.Warn("stranded steps: waiting_for_retry but not retry-eligible; only an operator can move them "+
+		"(logged again when the number changes, or in 10 minutes)",
+		slog.Int64("stranded", stranded), slog.Any("sample_step_uuids", ids))
 }
 
 // Reconcile runs a reconcile pass if the last one is at least olderThan
@@ -447,7 +497,7 @@ func (s *Sweeper) Reconcile(ctx context.Context, olderThan time.Duration) (Recon
 	}
 	res, err := r.Reconcile(ctx, olderThan)
 	if err != nil {
-		return res, fmt.Errorf("reconcile the schedule: %w", err)
+		return res, err
 	}
 	if res.Ran {
 		s.logReconciliation(res)

@@ -138,7 +138,9 @@ func (l *lineBuffer) seen(text string) <-chan struct{} {
 // channel of its exit code.
 func startDaemon(t *testing.T, env []string, args ...string) (*exec.Cmd, <-chan int, *lineBuffer) {
 	t.Helper()
-	cmd := exec.Command(sweeperBin, append([]string{"run"}, args...)...)
+	// No ops listener unless the test asks for one: the default port is the
+	// same for every daemon.
+	cmd := exec.Command(sweeperBin, append([]string{"run", "--ops-addr="}, args...)...)
 	cmd.Env = append([]string{"PATH=/usr/bin:/bin"}, env...)
 	logs := &lineBuffer{}
 	cmd.Stderr = logs

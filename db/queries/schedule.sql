@@ -15,8 +15,8 @@ SELECT (to_regclass('tasker_sweeper.retry_schedule') IS NOT NULL
 -- SweepClaimDue driven by the schedule: candidates come from the due_at
 -- index in due order, so the cost follows the number of due steps, not the
 -- size of the tables. The full due rule is re-checked against the tasker
--- tables (the schedule is only a hint), and the step row and its current
--- transition are locked, skipping rows others hold. The locks are taken
+-- tables (the schedule is only a hint), and the schedule row, the step row
+-- and its current transition are locked, skipping rows others hold. The locks are taken
 -- below the LIMIT, in the same query that walks the index: a candidate
 -- another transaction holds is skipped without using up a place in the
 -- batch, so a short batch really means nothing more is movable now.
@@ -61,7 +61,9 @@ WHERE s.due_at <= coalesce(sqlc.narg('now')::timestamptz, now())
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce(sqlc.narg('now')::timestamptz, now()), true)
 ORDER BY s.due_at
 LIMIT @batch_limit
-FOR UPDATE OF ws, cur SKIP LOCKED;
+-- The schedule row too: the batch deletes it, and a row another transaction
+-- is rewriting (a reconcile pass) is left for the next sweep, never waited for.
+FOR UPDATE OF s, ws, cur SKIP LOCKED;
 
 -- name: ScheduleCountDueLeft :one
 -- Due steps a sweep left behind (schedule path): after its last short
@@ -421,6 +423,15 @@ FROM tasker_sweeper.adoption WHERE id = 1;
 SELECT watermark, last_full_pass, now()::timestamp AS db_now
 FROM tasker_sweeper.adoption WHERE id = 1
 FOR UPDATE SKIP LOCKED;
+
+-- name: AdoptionLockWait :one
+-- The same, waiting for a replica that holds the row: before the first pass
+-- on a database has completed the schedule holds only what the inline
+-- handler wrote, so the first sweep waits for a pass in flight rather than
+-- sweep (and count stranded steps on) a schedule that is not filled yet.
+SELECT watermark, last_full_pass, now()::timestamp AS db_now
+FROM tasker_sweeper.adoption WHERE id = 1
+FOR UPDATE;
 
 -- name: AdoptionAdvance :exec
 -- Moves the watermark forward (never back). Skipped while another

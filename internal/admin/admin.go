@@ -1,9 +1,11 @@
-// Package admin owns the daemon's HTTP admin API: health and readiness,
-// metrics, manual sweeps, the inline failure handler, per-step status and
-// retries, and the status counts, with JSON errors for every failure; and
-// the server that serves it within limits (timeouts, header size,
-// connections). It defines small interfaces for what it calls; the sweeper,
-// the scheduler, the failure handler and the database store satisfy them.
+// Package admin owns the daemon's HTTP surfaces: the admin API (health and
+// readiness, metrics, manual sweeps, the inline failure handler, per-step
+// status and retries, and the status counts, with JSON errors for every
+// failure), the ops handler (only the probes and metrics, for an open
+// port), and the server that serves either within limits (timeouts, header
+// size, connections). It defines small interfaces for what it calls; the
+// sweeper, the scheduler, the failure handler, the database store and the
+// readiness preflight satisfy them.
 package admin
 
 import (
@@ -29,6 +31,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/preflight"
 	"github.com/tasker-sweeper/retrysweeper/statemachine"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
@@ -60,12 +63,18 @@ type StepStatusReader interface {
 // StatusCounter counts steps per state and what a sweep would do now.
 type StatusCounter interface {
 	StepCountsByState(ctx context.Context) (map[statemachine.State]int64, error)
-	CountDue(ctx context.Context) (sweeper.Counts, error)
+	CountDue(ctx context.Context) (sweeper.DueCounts, error)
 }
 
 // Readiness reports whether the database answers, as of the last check.
 type Readiness interface {
 	Ready() bool
+}
+
+// Preflight runs the readiness preflight (database, tasker schema,
+// privileges, the sweeper's own objects, recent sweeps) for GET /readyz.
+type Preflight interface {
+	Report(ctx context.Context) preflight.Report
 }
 
 // Deps is what the admin API calls. Sweeps, Steps, Failures, StepStatus
@@ -76,9 +85,12 @@ type Deps struct {
 	Failures   FailureHandler
 	StepStatus StepStatusReader
 	Status     StatusCounter
-	// Readiness decides /readyz and refuses sweeps while the database is
-	// down; nil means always ready.
+	// Readiness refuses sweeps while the database is down, and decides
+	// /readyz when Preflight is nil; nil means always ready.
 	Readiness Readiness
+	// Preflight, when set, decides /readyz: 200 with the checks when all
+	// pass, 503 naming each failed one.
+	Preflight Preflight
 	// Metrics serves GET /metrics; nil leaves the route out.
 	Metrics http.Handler
 	// WakeMode says how sweeps are timed (GET /v1/status "wake_mode",
@@ -147,18 +159,15 @@ func New(d Deps) http.Handler {
 		name    string
 		missing bool
 	}{
-		{"Sweeps", d.Sweeps == nil}, {"Steps", d.Steps == nil}, {"Failures", d.Failures == nil},
-		{"StepStatus", d.StepStatus == nil}, {"Status", d.Status == nil},
+		{"Sweeps", d.Sweeps == nil},
+		{"Steps", d.Steps == nil},
+		{"Failures", d.Failures == nil},
+		{"StepStatus", d.StepStatus == nil},
+		{"Status", d.Status == nil},
 	} {
 		if dep.missing {
 			panic("admin.New: Deps." + dep.name + " is required")
 		}
-	}
-	if d.Logger == nil {
-		d.Logger = slog.New(slog.DiscardHandler)
-	}
-	if d.Readiness == nil {
-		d.Readiness = alwaysReady{}
 	}
 	if d.StatusMaxAge == 0 {
 		d.StatusMaxAge = DefaultStatusMaxAge
@@ -166,17 +175,48 @@ func New(d Deps) http.Handler {
 	if d.SweepTimeout <= 0 {
 		d.SweepTimeout = DefaultSweepTimeout
 	}
-	a := &server{Deps: d, mux: http.NewServeMux(), status: &statusCache{maxAge: d.StatusMaxAge}}
-	a.mux.HandleFunc("GET /healthz", a.healthz)
-	a.mux.HandleFunc("GET /readyz", a.readyz)
-	if d.Metrics != nil {
-		a.mux.Handle("GET /metrics", d.Metrics)
-	}
+	a := newServer(d)
+	a.status = &statusCache{maxAge: d.StatusMaxAge}
 	a.mux.HandleFunc("GET /v1/status", a.getStatus)
 	a.mux.HandleFunc("GET /v1/steps/{uuid}", a.stepStatus)
 	a.mux.Handle("POST /v1/sweeps", a.authorized(a.triggerSweep))
 	a.mux.Handle("POST /v1/steps/{uuid}/failures", a.authorized(a.reportFailure))
 	a.mux.Handle("POST /v1/steps/{uuid}/retry", a.authorized(a.retryStep))
+	return a
+}
+
+// OpsDeps is what the ops handler serves; every field is optional, as in
+// Deps.
+type OpsDeps struct {
+	Readiness Readiness
+	Preflight Preflight
+	Metrics   http.Handler
+	Logger    *slog.Logger
+}
+
+// NewOps builds the ops handler: GET /healthz, /readyz and /metrics only,
+// answered as the admin API answers them, with no token, so probes and
+// Prometheus can reach it on an open port; everything else is a JSON 404
+// (or 405). It changes nothing and shows no step.
+func NewOps(d OpsDeps) http.Handler {
+	return newServer(Deps{Readiness: d.Readiness, Preflight: d.Preflight, Metrics: d.Metrics, Logger: d.Logger})
+}
+
+// newServer fills the optional dependencies and routes the probes and
+// metrics, which both handlers serve.
+func newServer(d Deps) *server {
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.Readiness == nil {
+		d.Readiness = alwaysReady{}
+	}
+	a := &server{Deps: d, mux: http.NewServeMux()}
+	a.mux.HandleFunc("GET /healthz", a.healthz)
+	a.mux.HandleFunc("GET /readyz", a.readyz)
+	if d.Metrics != nil {
+		a.mux.Handle("GET /metrics", d.Metrics)
+	}
 	return a
 }
 
@@ -187,6 +227,12 @@ func New(d Deps) http.Handler {
 func (a *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
+	var au *audit
+	if r.Method == http.MethodPost {
+		// State-changing: logged at info, with what came of it (audit.go).
+		r, au = withAudit(r)
+		rec.keep = auditBodyLimit
+	}
 	defer func() {
 		if p := recover(); p != nil {
 			if err, ok := p.(error); ok && errors.Is(err, http.ErrAbortHandler) {
@@ -200,10 +246,17 @@ func (a *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				writeError(rec, http.StatusInternalServerError, codeInternal, "internal error: handler panicked")
 			}
 		}
-		a.Logger.LogAttrs(r.Context(), slog.LevelDebug, "admin API request",
+		level, attrs := slog.LevelDebug, []slog.Attr{
 			slog.String("method", r.Method), slog.String("path", r.URL.Path),
 			slog.Int("status", rec.status()),
-			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
+			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
+		}
+		if au != nil {
+			if line, ok := au.lineAttrs(r, rec.status(), rec.body); ok {
+				level, attrs = slog.LevelInfo, append(attrs, line...)
+			}
+		}
+		a.Logger.LogAttrs(r.Context(), level, "admin API request", attrs...)
 	}()
 
 	if !strings.HasPrefix(r.URL.Path, "/") {
@@ -256,12 +309,34 @@ func (a *server) healthz(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 }
 
-func (a *server) readyz(w http.ResponseWriter, _ *http.Request) {
-	if !a.Readiness.Ready() {
-		writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable")
+// readyzResponse is GET /readyz's body. When not ready it carries the
+// API's error and code too, so a client reading only those still learns why.
+type readyzResponse struct {
+	Status string            `json:"status"`
+	Ready  bool              `json:"ready"`
+	Error  string            `json:"error,omitempty"`
+	Code   string            `json:"code,omitempty"`
+	Path   string            `json:"path,omitempty"`
+	Checks []preflight.Check `json:"checks,omitempty"`
+}
+
+func (a *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if a.Preflight == nil {
+		if !a.Readiness.Ready() {
+			writeError(w, http.StatusServiceUnavailable, codeUnavailable, "database unreachable")
+			return
+		}
+		writeJSON(w, http.StatusOK, readyzResponse{Status: "ready", Ready: true})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	rep := a.Preflight.Report(r.Context())
+	if !rep.Ready {
+		writeJSON(w, http.StatusServiceUnavailable, readyzResponse{
+			Status: "not ready", Error: rep.Summary(), Code: codeUnavailable, Path: rep.Path, Checks: rep.Checks,
+		})
+		return
+	}
+	writeJSON(w, http.StatusOK, readyzResponse{Status: "ready", Ready: true, Path: rep.Path, Checks: rep.Checks})
 }
 
 // sweepError is a failed sweep's body: the error and what was done before it.
@@ -351,6 +426,8 @@ func (a *server) reportFailure(w http.ResponseWriter, r *http.Request) {
 	if !decodeJSON(w, r, &req) {
 		return
 	}
+	auditNote(r, slog.String("kind", req.Kind), slog.Any("retryable", req.Retryable),
+		slog.String("retry_after", string(req.RetryAfter)), slog.Int("http_status", req.HTTPStatus))
 	if req.HTTPStatus != 0 && (req.HTTPStatus < 100 || req.HTTPStatus > 599) {
 		writeError(w, http.StatusBadRequest, codeBadRequest,
 			fmt.Sprintf("invalid http_status %d: want 100-599, or 0 for none", req.HTTPStatus))
@@ -776,6 +853,9 @@ type statusRecorder struct {
 	http.ResponseWriter
 	code        int
 	wroteHeader bool
+	// keep is how much of the body to keep in body (the audit log's).
+	keep int
+	body []byte
 }
 
 func (s *statusRecorder) WriteHeader(code int) {
@@ -788,6 +868,9 @@ func (s *statusRecorder) WriteHeader(code int) {
 func (s *statusRecorder) Write(b []byte) (int, error) {
 	if !s.wroteHeader {
 		s.WriteHeader(http.StatusOK)
+	}
+	if room := s.keep - len(s.body); room > 0 {
+		s.body = append(s.body, b[:min(room, len(b))]...)
 	}
 	return s.ResponseWriter.Write(b)
 }

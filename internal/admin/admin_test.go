@@ -188,7 +188,7 @@ func TestAdminHealthAndReadiness(t *testing.T) {
 
 	res = h.request(t, http.MethodGet, "/readyz", "")
 	require.Equal(t, http.StatusOK, res.status)
-	require.Equal(t, map[string]any{"status": "ready"}, res.json(t))
+	require.Equal(t, map[string]any{"status": "ready", "ready": true}, res.json(t))
 
 	h.ready.Store(false)
 	out := h.request(t, http.MethodGet, "/readyz", "").requireError(t, http.StatusServiceUnavailable, "unavailable")
@@ -589,7 +589,7 @@ func TestAdminMetrics(t *testing.T) {
 	h := newAdminHarness(t, nil)
 
 	before := h.metricsText(t)
-	require.NotContains(t, before, "tasker_sweeper_sweeps_total{")
+	require.Contains(t, before, `tasker_sweeper_sweeps_total{outcome="success"} 0`, "known outcomes start at 0")
 	require.NotContains(t, before, "tasker_sweeper_handler_decisions_total{")
 
 	h.waitingStep(t, 5)

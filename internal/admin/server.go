@@ -56,8 +56,10 @@ func (l Limits) withDefaults() Limits {
 		v   *time.Duration
 		def time.Duration
 	}{
-		{&l.ReadHeaderTimeout, d.ReadHeaderTimeout}, {&l.ReadTimeout, d.ReadTimeout},
-		{&l.WriteTimeout, d.WriteTimeout}, {&l.IdleTimeout, d.IdleTimeout},
+		{&l.ReadHeaderTimeout, d.ReadHeaderTimeout},
+		{&l.ReadTimeout, d.ReadTimeout},
+		{&l.WriteTimeout, d.WriteTimeout},
+		{&l.IdleTimeout, d.IdleTimeout},
 	} {
 		if *f.v <= 0 {
 			*f.v = f.def

@@ -231,7 +231,7 @@ func (c *countingStatus) StepCountsByState(ctx context.Context) (map[statemachin
 	return c.StatusCounter.StepCountsByState(ctx)
 }
 
-func (c *countingStatus) CountDue(ctx context.Context) (sweeper.Counts, error) {
+func (c *countingStatus) CountDue(ctx context.Context) (sweeper.DueCounts, error) {
 	c.due.Add(1)
 	return c.StatusCounter.CountDue(ctx)
 }
@@ -317,9 +317,9 @@ type failingStatus struct {
 	fail *atomic.Bool
 }
 
-func (f failingStatus) CountDue(ctx context.Context) (sweeper.Counts, error) {
+func (f failingStatus) CountDue(ctx context.Context) (sweeper.DueCounts, error) {
 	if f.fail.Load() {
-		return sweeper.Counts{}, errors.New("injected count failure")
+		return sweeper.DueCounts{}, errors.New("injected count failure")
 	}
 	return f.StatusCounter.CountDue(ctx)
 }

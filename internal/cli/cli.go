@@ -61,21 +61,28 @@ func commands() []command {
 		{"run", "run the daemon: scheduled sweeps and the HTTP admin API", runDaemon},
 		{"once", "run one sweep now and print its summary", runOnce},
 		{"status", "print step counts per state, due and stranded steps", runStatus},
+		{"check", "check the database is ready for the sweeper: tables, grants, schema version", runCheck},
 		{"fail", "report one step failure to the inline handler", runFail},
 		{"reconcile", "make the retry schedule match the tasker tables now, and say what it corrected", runReconcile},
 		{"migrate", "apply the sweeper's database migrations", runMigrate},
 		{"demo", "run the daemon against a throwaway PostgreSQL with demo data", runDemo},
+		{"version", "print the version, VCS revision and Go version (also --version)", runVersion},
 	}
 }
 
 // run dispatches to the subcommand and maps its error to an exit code.
 func run(ctx context.Context, e env, args []string) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
+		// No command is a usage error: the usage goes where errors go.
+		printUsage(e.stderr)
+		return exitUsage
+	}
+	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		printUsage(e.stdout)
-		if len(args) == 0 {
-			return exitUsage
-		}
 		return exitOK
+	}
+	if args[0] == "--version" || args[0] == "-version" {
+		args = append([]string{"version"}, args[1:]...)
 	}
 	for _, c := range commands() {
 		if c.name != args[0] {
@@ -101,8 +108,8 @@ func printUsage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "commands:")
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "'sweeper <command> -h' lists a command's flags; each flag falls back to an environment variable.")
+	fmt.Fprintln(w, "'sweeper <command> -h' lists a command's flags and the environment variable each configuration flag falls back to.")
 }

@@ -43,6 +43,11 @@ func runFail(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return usageErrorf("invalid --step %q: not a uuid", *stepArg)
 	}
+	if step == uuid.Nil {
+		// A well-formed uuid that names no step (tasker generates v7 ids):
+		// unknown, like any other step that is not there.
+		return &exitError{code: exitRejected, err: fmt.Errorf("step %s: %w", step, statemachine.ErrStepNotFound)}
+	}
 	failure := handling.Failure{
 		StepUUID: step, Message: *message, Kind: *kind, RetryAfter: *retryAfter,
 		HTTPStatus: *httpStatus, Source: "cli",

@@ -47,6 +47,12 @@ func TestFailCommandExitCodes(t *testing.T) {
 		res := runCLI(t, dbEnv, "fail", "--step", uuid.NewString(), "--message", "boom")
 		require.Equal(t, 3, res.code, res.stderr)
 		require.Contains(t, res.stderr, "not found")
+
+		// The nil uuid is well formed and names no step: unknown too.
+		nilStep := runCLI(t, dbEnv, "fail", "--step", uuid.Nil.String(), "--message", "boom")
+		require.Equal(t, 3, nilStep.code, nilStep.stderr)
+		require.Equal(t, "sweeper fail: step "+uuid.Nil.String()+": workflow step not found\n", nilStep.stderr)
+		require.Empty(t, nilStep.stdout)
 	})
 
 	t.Run("step in an illegal state exits 3", func(t *testing.T) {

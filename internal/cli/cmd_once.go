@@ -9,8 +9,17 @@ import (
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
+// onceJSON is `sweeper once --json`'s object: the summary, and the error
+// when the sweep did not succeed.
+type onceJSON struct {
+	sweeper.Summary
+	Error string `json:"error,omitempty"`
+}
+
 // runOnce is `sweeper once`: one sweep now, its summary on stdout. Exit 0 on
-// success (also when nothing was due), 1 when the sweep failed.
+// success (also when nothing was due), 1 when the sweep failed or was
+// interrupted. A failed sweep prints no summary, except with --json: the
+// object then carries "error".
 func runOnce(ctx context.Context, e env, args []string) error {
 	f := newFlags("once", e)
 	dbURL := databaseFlag(f)
@@ -31,7 +40,7 @@ func runOnce(ctx context.Context, e env, args []string) error {
 	if err := checkSweepConfig(cfg); err != nil {
 		return err
 	}
-	logger, err := logCfg.logger(e.stderr)
+	logger, err := logCfg.oneShotLogger(e.stderr)
 	if err != nil {
 		return err
 	}
@@ -46,11 +55,19 @@ func runOnce(ctx context.Context, e env, args []string) error {
 		return configError(err)
 	}
 	sum, sweepErr := sw.RunOnce(ctx, *dryRun)
-	if *asJSON {
-		if err := json.NewEncoder(e.stdout).Encode(sum); err != nil {
+	interrupted := errors.Is(sweepErr, sweeper.ErrInterrupted)
+	switch {
+	case *asJSON:
+		out := onceJSON{Summary: sum}
+		if sweepErr != nil {
+			out.Error = sweepErr.Error()
+		}
+		if err := json.NewEncoder(e.stdout).Encode(out); err != nil {
 			return err
 		}
-	} else {
+	case sweepErr == nil || interrupted:
+		// A failed sweep prints nothing here: its counts would read as a
+		// result. The error goes to stderr, the counts to the log.
 		verb := "moved to pending"
 		if sum.DryRun {
 			verb = "would move to pending (dry run)"

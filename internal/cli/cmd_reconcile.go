@@ -24,7 +24,7 @@ func runReconcile(ctx context.Context, e env, args []string) error {
 	if err := checkDatabaseURL(*dbURL); err != nil {
 		return err
 	}
-	logger, err := logCfg.logger(e.stderr)
+	logger, err := logCfg.oneShotLogger(e.stderr)
 	if err != nil {
 		return err
 	}

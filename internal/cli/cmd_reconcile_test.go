@@ -40,7 +40,8 @@ func TestReconcileOnTheSchedulePathReportsCorrections(t *testing.T) {
 		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 		testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
 		testdb.SetColumns(t, pool, step, testdb.StepColumns{
-			Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](3600)})
+			Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](3600),
+		})
 	}
 
 	first := runCLI(t, env, "reconcile")

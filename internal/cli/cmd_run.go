@@ -15,6 +15,8 @@ import (
 	"github.com/tasker-sweeper/retrysweeper/db"
 	"github.com/tasker-sweeper/retrysweeper/handling"
 	"github.com/tasker-sweeper/retrysweeper/internal/admin"
+	"github.com/tasker-sweeper/retrysweeper/internal/buildinfo"
+	"github.com/tasker-sweeper/retrysweeper/internal/preflight"
 	"github.com/tasker-sweeper/retrysweeper/internal/telemetry"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
@@ -27,7 +29,13 @@ type daemonConfig struct {
 	handler     handling.Config
 	httpAddr    string
 	adminToken  string
-	grace       time.Duration
+	// opsAddr serves only the probes and /metrics, with no token; empty:
+	// no ops listener.
+	opsAddr string
+	// gaugeEvery is how often the backlog gauges are refreshed (zero:
+	// defaultGaugeEvery).
+	gaugeEvery time.Duration
+	grace      time.Duration
 	// reconcileInterval is how old the last reconcile pass may get.
 	reconcileInterval time.Duration
 	// wake is the timer gate's configuration (wake.go).
@@ -72,6 +80,8 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	schedule := f.fs.String("schedule", "@every 5s", "cron spec for sweeps: 5 fields, 6 with seconds, or @every/@hourly")
 	httpAddr := f.fs.String("http-addr", "127.0.0.1:9090", "admin API listen address")
 	token := f.fs.String("admin-token", "", "bearer token for the admin API's POST endpoints (required off loopback)")
+	opsAddr := f.fs.String("ops-addr", ":9464",
+		"ops listener: only /metrics, /healthz and /readyz, no token (empty: none)")
 	grace := f.fs.Duration("shutdown-grace", 30*time.Second,
 		"how long a shutdown waits for in-flight batches before cancelling them (they roll back whole)")
 	reconcile := reconcileFlag(f)
@@ -79,11 +89,13 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	f.env("schedule", "SWEEPER_SCHEDULE")
 	f.env("http-addr", "SWEEPER_HTTP_ADDR")
 	f.env("admin-token", "SWEEPER_ADMIN_TOKEN")
+	f.env("ops-addr", "SWEEPER_OPS_ADDR")
 	f.env("shutdown-grace", "SWEEPER_SHUTDOWN_GRACE")
 	return func() (daemonConfig, error) {
 		cfg := daemonConfig{
 			databaseURL: *dbURL, schedule: *schedule, sweep: *sweepCfg, handler: *handlerCfg,
-			httpAddr: *httpAddr, adminToken: *token, grace: *grace, reconcileInterval: *reconcile, wake: *wake,
+			httpAddr: *httpAddr, adminToken: *token, opsAddr: *opsAddr, grace: *grace, reconcileInterval: *reconcile,
+			wake: *wake,
 		}
 		if err := checkReconcileInterval(cfg.reconcileInterval); err != nil {
 			return cfg, err
@@ -104,6 +116,9 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 			return cfg, err
 		}
 		if err := checkAdminAddr(cfg.httpAddr, cfg.adminToken); err != nil {
+			return cfg, err
+		}
+		if err := checkOpsAddr(cfg.opsAddr, cfg.httpAddr); err != nil {
 			return cfg, err
 		}
 		if cfg.grace < 0 {
@@ -137,6 +152,25 @@ func checkAdminAddr(addr, token string) error {
 	return nil
 }
 
+// checkOpsAddr checks the ops listener's address: empty (none) or
+// host:port with a numeric port, not the admin API's.
+func checkOpsAddr(addr, httpAddr string) error {
+	if addr == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "" {
+		return usageErrorf("invalid --ops-addr %q: want host:port, or empty for no ops listener", addr)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n > 65535 {
+		return usageErrorf("invalid --ops-addr %q: the port must be a number from 0 to 65535 (0: any free port)", addr)
+	}
+	if addr == httpAddr && port != "0" {
+		return usageErrorf("invalid --ops-addr %q: it is --http-addr's address; give each listener its own", addr)
+	}
+	return nil
+}
+
 // runDaemon is `sweeper run`.
 func runDaemon(ctx context.Context, e env, args []string) error {
 	f := newFlags("run", e)
@@ -165,6 +199,8 @@ const abortWait = 800 * time.Millisecond
 type daemonHooks struct {
 	// started receives the admin API's address once it listens.
 	started func(addr string)
+	// opsStarted receives the ops listener's address once it listens.
+	opsStarted func(addr string)
 	// sweepDone runs after every sweep, scheduled or manual.
 	sweepDone func(sweeper.Summary, error)
 	// databaseChecked receives every health check's verdict.
@@ -198,17 +234,38 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	if hooks.metrics != nil {
 		hooks.metrics(metrics.Handler())
 	}
+	dbUp := make(chan struct{}, 1)
 	health := newDBHealth(store.Ping, logger, func(up bool) {
 		metrics.DatabaseChecked(up)
+		if up {
+			select {
+			case dbUp <- struct{}{}:
+			default:
+			}
+		}
 		if hooks.databaseChecked != nil {
 			hooks.databaseChecked(up)
 		}
 	})
+	known, err := db.KnownSweeperVersion()
+	if err != nil {
+		return err
+	}
+	sweeps := &sweepRecorder{}
+	ready := &readiness{
+		gather: store.Preflight,
+		opts: func() preflight.Options {
+			return preflight.Options{KnownVersion: known, RunningPath: string(store.ChosenPath()), Sweeps: sweeps.record()}
+		},
+		maxAge: factsMaxAge, timeout: preflightTimeout,
+		onReport: func(r preflight.Report) { metrics.ReadinessChecked(r.Ready) },
+	}
 	sweepHooks := metrics.SweepHooks()
-	if hooks.sweepDone != nil {
-		recordSweep := sweepHooks.SweepDone
-		sweepHooks.SweepDone = func(sum sweeper.Summary, err error) {
-			recordSweep(sum, err)
+	recordSweep := sweepHooks.SweepDone
+	sweepHooks.SweepDone = func(sum sweeper.Summary, err error) {
+		recordSweep(sum, err)
+		sweeps.sweepDone(sum, err)
+		if hooks.sweepDone != nil {
 			hooks.sweepDone(sum, err)
 		}
 	}
@@ -236,25 +293,47 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.httpAddr, err)
 	}
-	srv := admin.NewServer(admin.New(admin.Deps{
+	servers := []*admin.Server{admin.NewServer(admin.New(admin.Deps{
 		Sweeps:     sched,
 		Steps:      sw,
 		Failures:   metrics.CountDecisions(handler),
 		StepStatus: store,
 		Status:     store,
 		Readiness:  health,
+		Preflight:  ready,
 		WakeMode:   sched.WakeMode,
 		Metrics:    metrics.Handler(),
 		Token:      cfg.adminToken,
 		Logger:     logger,
-	}), admin.DefaultLimits(), logger)
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(listener) }()
-	logger.Info("sweeper running", append([]any{
-		slog.String("http_addr", listener.Addr().String()), slog.String("schedule", cfg.schedule),
-		slog.Int("batch_size", cfg.sweep.BatchSize), slog.Int("workers", cfg.sweep.Workers)}, gate.logAttrs()...)...)
+	}), admin.DefaultLimits(), logger)}
+	listeners := []net.Listener{listener}
+	opsAddr := ""
+	if cfg.opsAddr != "" {
+		opsListener, err := net.Listen("tcp", cfg.opsAddr)
+		if err != nil {
+			_ = listener.Close()
+			return fmt.Errorf("listen on %s (--ops-addr): %w", cfg.opsAddr, err)
+		}
+		listeners = append(listeners, opsListener)
+		servers = append(servers, admin.NewServer(admin.NewOps(admin.OpsDeps{
+			Readiness: health, Preflight: ready, Metrics: metrics.Handler(), Logger: logger,
+		}), admin.DefaultLimits(), logger))
+		opsAddr = opsListener.Addr().String()
+	}
+	serveErr := make(chan error, len(servers))
+	for i, srv := range servers {
+		go func() { serveErr <- srv.Serve(listeners[i]) }()
+	}
+	// The one start-up line: the effective configuration.
+	logger.LogAttrs(ctx, slog.LevelInfo, "sweeper running",
+		startupAttrs(ctx, cfg, &poolCfg.ConnConfig.Config, store, listener.Addr().String(),
+			append([]slog.Attr{slog.String("version", buildinfo.Get().Version), slog.String("ops_addr", opsAddr)},
+				gate.logAttrs()...)...)...)
 	if hooks.started != nil {
 		hooks.started(listener.Addr().String())
+	}
+	if hooks.opsStarted != nil && opsAddr != "" {
+		hooks.opsStarted(opsAddr)
 	}
 
 	runCtx, stopRun := context.WithCancel(ctx)
@@ -271,20 +350,34 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 			Interval: cfg.reconcileInterval, DatabaseReady: health.Ready, OnPassDone: metrics.ReconcilePass,
 		})
 	}()
+	gaugesDone := make(chan struct{})
+	go func() {
+		defer close(gaugesDone)
+		every := cfg.gaugeEvery
+		if every <= 0 {
+			every = defaultGaugeEvery
+		}
+		(&gaugeLoop{
+			every: every, backlog: store.Backlog, set: metrics.BacklogCounted, dbUp: health.Ready, up: dbUp,
+			ready: func(ctx context.Context) { ready.Report(ctx) }, logger: logger,
+		}).run(runCtx)
+	}()
 
 	var runErr error
 	select {
 	case <-ctx.Done():
 		logger.Info("shutting down: no new sweeps; waiting for in-flight batches", slog.String("grace", cfg.grace.String()))
 	case err := <-serveErr:
-		runErr = fmt.Errorf("admin API: %w", err)
+		runErr = fmt.Errorf("serve HTTP: %w", err)
 	}
 	stopRun()
 
 	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.grace)
 	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		logger.Warn("admin API shutdown", slog.Any("error", err))
+	for _, srv := range servers {
+		if err := srv.Shutdown(shutdownCtx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Warn("HTTP server shutdown", slog.Any("error", err))
+		}
 	}
 	select {
 	case <-schedDone:
@@ -302,6 +395,7 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 		}
 	}
 	<-healthDone
+	<-gaugesDone
 	<-reconcileDone // a pass in flight is cancelled: it rolls back whole
 	gateWait()
 	logger.Info("sweeper stopped")

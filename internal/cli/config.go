@@ -139,6 +139,17 @@ func (c *logConfig) logger(w io.Writer) (*slog.Logger, error) {
 	}
 }
 
+// oneShotLogger is logger for a command that prints its result on stdout:
+// its info records are debug records, so by default it logs only what is
+// wrong (see quietInfo).
+func (c *logConfig) oneShotLogger(w io.Writer) (*slog.Logger, error) {
+	l, err := c.logger(w)
+	if err != nil {
+		return nil, err
+	}
+	return slog.New(quietInfo{l.Handler()}), nil
+}
+
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {

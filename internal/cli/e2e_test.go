@@ -110,16 +110,20 @@ func TestBadConfigurationExits2WithOneLineNamingTheFlag(t *testing.T) {
 
 func TestUsageHelpAndUnknownCommands(t *testing.T) {
 	t.Parallel()
+	// No command is a usage error: the usage on stderr, exit 2.
 	none := runCLI(t, nil)
 	require.Equal(t, 2, none.code)
-	require.Contains(t, none.stdout, "usage: sweeper <command>")
+	require.Empty(t, none.stdout)
+	require.Contains(t, none.stderr, "usage: sweeper <command>")
 	for _, name := range []string{"run", "once", "status", "fail", "reconcile", "migrate", "demo"} {
-		require.Contains(t, none.stdout, "  "+name+" ")
+		require.Contains(t, none.stderr, "  "+name+" ")
 	}
 
+	// Asked for, it is the answer: stdout, exit 0.
 	help := runCLI(t, nil, "help")
 	require.Equal(t, 0, help.code)
-	require.Equal(t, none.stdout, help.stdout)
+	require.Empty(t, help.stderr)
+	require.Equal(t, none.stderr, help.stdout)
 
 	flagHelp := runCLI(t, nil, "once", "-h")
 	require.Equal(t, 0, flagHelp.code, flagHelp.stderr)
@@ -153,7 +157,8 @@ func TestStatusCommand(t *testing.T) {
 	later := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceInState(t, pool, later, statemachine.WaitingForRetry, 0)
 	testdb.SetColumns(t, pool, later, testdb.StepColumns{
-		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Minute), BackoffRequestSeconds: testdb.Ptr[int32](3600)})
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Minute), BackoffRequestSeconds: testdb.Ptr[int32](3600),
+	})
 	stranded := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceInState(t, pool, stranded, statemachine.WaitingForRetry, 0)
 	testdb.SetColumns(t, pool, stranded, testdb.StepColumns{Attempts: testdb.Ptr[int32](3), MaxAttempts: testdb.Ptr[int32](3)})
@@ -260,7 +265,8 @@ func TestOnceRunsDueReconcile(t *testing.T) {
 	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
 	testdb.SetColumns(t, pool, step, testdb.StepColumns{
-		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})
+		Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600),
+	})
 	_, err := pool.Exec(ctx, `UPDATE tasker.workflow_step_transitions SET created_at = created_at - interval '1 hour'
 		WHERE workflow_step_uuid = $1`, step)
 	require.NoError(t, err)

@@ -9,10 +9,11 @@ import (
 
 // dbHealth watches the database so the daemon can stay up while it is down:
 // /readyz answers 503, scheduled ticks are skipped, and the checks back off
-// (capped) until it answers again. It logs only when the state changes.
+// (capped) until it answers again. What it logs is outageLog's to decide.
 type dbHealth struct {
 	ping   func(context.Context) error
 	logger *slog.Logger
+	outage *outageLog
 	up     atomic.Bool
 	// onCheck receives every check's verdict (metrics, hooks).
 	onCheck func(up bool)
@@ -23,7 +24,7 @@ type dbHealth struct {
 
 func newDBHealth(ping func(context.Context) error, logger *slog.Logger, onCheck func(up bool)) *dbHealth {
 	return &dbHealth{
-		ping: ping, logger: logger, onCheck: onCheck,
+		ping: ping, logger: logger, outage: newOutageLog(logger), onCheck: onCheck,
 		every: 5 * time.Second, minRetry: 250 * time.Millisecond, maxRetry: 2 * time.Second,
 	}
 }
@@ -31,18 +32,16 @@ func newDBHealth(ping func(context.Context) error, logger *slog.Logger, onCheck 
 // Ready reports the last check's verdict.
 func (h *dbHealth) Ready() bool { return h.up.Load() }
 
-// check pings once and records the result, logging a change of state.
+// check pings once and records the result; the outage log says what
+// changed, with the cause.
 func (h *dbHealth) check(ctx context.Context) bool {
 	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	err := h.ping(cctx)
 	up := err == nil
-	was := h.up.Swap(up)
-	switch {
-	case up && !was:
-		h.logger.Info("database reachable")
-	case !up && was:
-		h.logger.Warn("database unreachable; sweeps paused until it answers", slog.Any("error", err))
+	h.up.Store(up)
+	if ctx.Err() == nil { // a check cut short by the shutdown says nothing
+		h.outage.record(err)
 	}
 	if h.onCheck != nil {
 		h.onCheck(up)
@@ -54,13 +53,8 @@ func (h *dbHealth) check(ctx context.Context) bool {
 // exponential backoff while down.
 func (h *dbHealth) run(ctx context.Context) {
 	delay := h.minRetry
-	first := true
 	for {
 		up := h.check(ctx)
-		if first && !up {
-			h.logger.Warn("database unreachable at start; retrying with backoff")
-		}
-		first = false
 		wait := h.every
 		if up {
 			delay = h.minRetry

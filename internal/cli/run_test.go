@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,6 +27,8 @@ type daemon struct {
 	logs   *syncBuffer
 	// addr receives the admin API's address once it listens.
 	addr chan string
+	// ops receives the ops listener's address once it listens.
+	ops chan string
 	// up is closed by the first health check that reaches the database.
 	up chan struct{}
 	// sweeps receives every sweep's summary.
@@ -41,14 +44,15 @@ func startDaemon(t *testing.T, vars []string, args ...string) *daemon {
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &daemon{
 		cancel: cancel, exited: make(chan int, 1), logs: &syncBuffer{},
-		addr: make(chan string, 1), up: make(chan struct{}), sweeps: make(chan sweeper.Summary, 64),
+		addr: make(chan string, 1), ops: make(chan string, 1), up: make(chan struct{}), sweeps: make(chan sweeper.Summary, 64),
 		metrics: make(chan http.Handler, 1), listener: make(chan bool, 16),
 	}
 	markUp := sync.OnceFunc(func() { close(d.up) })
 	e := env{
 		getenv: getenvOf(vars), stdout: io.Discard, stderr: d.logs,
 		daemon: daemonHooks{
-			started: func(addr string) { d.addr <- addr },
+			started:    func(addr string) { d.addr <- addr },
+			opsStarted: func(addr string) { d.ops <- addr },
 			sweepDone: func(sum sweeper.Summary, _ error) {
 				select {
 				case d.sweeps <- sum:
@@ -69,7 +73,9 @@ func startDaemon(t *testing.T, vars []string, args ...string) *daemon {
 			},
 		},
 	}
-	go func() { d.exited <- run(ctx, e, append([]string{"run"}, args...)) }()
+	// No ops listener unless the test asks for one: the default port is
+	// the same for every daemon.
+	go func() { d.exited <- run(ctx, e, append([]string{"run", "--ops-addr="}, args...)) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -165,10 +171,22 @@ func TestRunWaitsForDatabaseAndRecovers(t *testing.T) {
 	require.NoError(t, err)
 	defer func() { require.NoError(t, srv.Stop()) }()
 	started := time.Now()
-	receive(t, d.up, 10*time.Second, "readiness after the database started")
+	receive(t, d.up, 10*time.Second, "the first health check to reach the database")
+	t.Logf("database reachable %s after it started", time.Since(started).Round(time.Millisecond))
+	// Reachable is not ready: the tasker tables are not there yet (once the
+	// facts of the database being down, at most a second old, expire).
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(body, "tasker_schema: schema tasker not found") {
+		require.True(t, time.Now().Before(deadline), "readiness never named the missing schema: %s", body)
+		receive(t, time.After(20*time.Millisecond), time.Second, "the next look")
+		status, body = httpGet(t, "http://"+addr+"/readyz")
+		require.Equal(t, http.StatusServiceUnavailable, status, body)
+	}
+	migrated := runCLI(t, []string{"DATABASE_URL=" + url}, "migrate", "--tasker-schema")
+	require.Equal(t, 0, migrated.code, migrated.stderr)
+	status, body = waitForReadyz(t, "http://"+addr, http.StatusOK, 5*time.Second)
+	require.Equal(t, http.StatusOK, status, body)
 	t.Logf("ready %s after the database started", time.Since(started).Round(time.Millisecond))
-	status, _ = httpGet(t, "http://"+addr+"/readyz")
-	require.Equal(t, http.StatusOK, status)
 	require.Contains(t, d.logs.String(), "database reachable")
 	require.Contains(t, d.logs.String(), "database unreachable at start")
 
@@ -232,9 +250,19 @@ func TestRunReportsASweepCancelledAtTheGraceAsInterrupted(t *testing.T) {
 	rec := httptest.NewRecorder()
 	metrics.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	require.Contains(t, rec.Body.String(), `tasker_sweeper_sweeps_total{outcome="interrupted"} 1`)
-	require.NotContains(t, rec.Body.String(), `tasker_sweeper_sweeps_total{outcome="failure"}`)
+	require.Contains(t, rec.Body.String(), `tasker_sweeper_sweeps_total{outcome="failure"} 0`)
 	logs := d.logs.String()
 	require.Contains(t, logs, `"msg":"sweep interrupted by shutdown`)
 	require.Contains(t, logs, `"msg":"sweep batch cancelled by shutdown: rolled back"`)
 	require.NotContains(t, logs, `"level":"ERROR"`)
+}
+
+// freeListener holds a loopback port until the test ends and returns its
+// address.
+func freeListener(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = l.Close() })
+	return l.Addr().String()
 }

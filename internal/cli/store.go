@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/tasker-sweeper/retrysweeper/db"
@@ -17,7 +16,7 @@ func openStore(ctx context.Context, url string) (*db.Store, error) {
 	defer cancel()
 	pool, err := db.Connect(ctx, url)
 	if err != nil {
-		return nil, fmt.Errorf("database: %w", err)
+		return nil, err // "connect to database: ..."
 	}
 	return db.NewStore(pool), nil
 }

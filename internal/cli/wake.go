@@ -107,8 +107,8 @@ func (w *wakeGate) options() *sweeper.GateOptions {
 }
 
 // logAttrs describe the mode in the start-up log.
-func (w *wakeGate) logAttrs() []any {
-	attrs := []any{slog.String("wake_mode", w.cfg.mode())}
+func (w *wakeGate) logAttrs() []slog.Attr {
+	attrs := []slog.Attr{slog.String("wake_mode", w.cfg.mode())}
 	if w.cfg.atDue {
 		attrs = append(attrs, slog.String("wake_gap", w.cfg.gap.String()), slog.String("adopt_interval", w.cfg.adoptInterval.String()),
 			slog.String("park_channel", db.ParkedChannel))

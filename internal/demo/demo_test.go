@@ -338,7 +338,8 @@ func sweepUntilMovedDaemon(ctx context.Context, c DaemonConfig) error {
 // sweep moves a step (true) or ctx ends (false). done, if set, sees every
 // sweep.
 func sweepUntilMoved(ctx context.Context, store *db.Store, cfg sweeper.Config, logger *slog.Logger,
-	done func(sweeper.Summary, error)) (bool, error) {
+	done func(sweeper.Summary, error),
+) (bool, error) {
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var moved atomic.Bool

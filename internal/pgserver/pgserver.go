@@ -171,9 +171,7 @@ func (s *Server) start(ctx context.Context, binDir, dataDir string, cred *syscal
 	cmd := exec.Command(filepath.Join(binDir, "postgres"), args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
-	// Pdeathsig kills the server when this process dies, so a crashed test
-	// binary does not leave a server running.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.SysProcAttr = serverProcAttr(cred)
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("run postgres: %w", err)
 	}

@@ -1,7 +1,8 @@
 // Package telemetry owns the daemon's Prometheus metrics: the registry and
 // its series, and the adapters that feed them from the sweeper's hooks, the
 // scheduler's skipped ticks and wake-ups, the adoption loop, the reconcile
-// passes, the database health checks, the park listener and the inline
+// passes, the database health checks, the readiness verdicts, the backlog
+// gauges, the park listener and the inline
 // handler's decisions.
 package telemetry
 
@@ -9,13 +10,35 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/internal/buildinfo"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
+)
+
+// Known label values, each exported at 0 from the start so a rate() or an
+// absent() alert has a series to look at before the first event.
+var (
+	sweepOutcomes     = []string{"success", "failure", "interrupted"}
+	batchOutcomes     = []string{"moved", "empty", "failed", "interrupted"}
+	skipReasons       = []string{sweeper.SkipSweepRunning, sweeper.SkipDatabaseUnavailable}
+	reconcileOutcomes = []string{"done", "skipped", "failed"}
+	driftKinds        = []string{"missing", "orphaned", "retimed_earlier", "retimed_later", "restranded"}
+	adoptionPasses    = []string{"sweep", "poll"}
+	wakeReasons       = []string{
+		string(sweeper.TriggerCron), string(sweeper.TriggerTimer),
+		string(sweeper.TriggerNotify), string(sweeper.TriggerAdoption),
+	}
+	emptyWakeReasons = []string{string(sweeper.TriggerTimer), string(sweeper.TriggerNotify), string(sweeper.TriggerAdoption)}
+	lagTriggers      = []string{
+		string(sweeper.TriggerTimer), string(sweeper.TriggerNotify), string(sweeper.TriggerAdoption),
+		string(sweeper.TriggerCron), string(sweeper.TriggerManual),
+	}
 )
 
 // Metrics are the daemon's Prometheus series, on a registry of their own so
@@ -39,6 +62,15 @@ type Metrics struct {
 	wakeups      *prometheus.CounterVec
 	emptyWakeups *prometheus.CounterVec
 	listenerUp   prometheus.Gauge
+	dryRuns      prometheus.Counter
+	lastSuccess  prometheus.Gauge
+	ready        prometheus.Gauge
+	waiting      prometheus.Gauge
+	due          prometheus.Gauge
+	oldestDue    prometheus.Gauge
+	buildInfo    *prometheus.GaugeVec
+	// now is the clock of the last-success gauge (tests pin it).
+	now func() time.Time
 }
 
 // New registers every series, plus the Go runtime and process collectors.
@@ -48,7 +80,7 @@ func New() *Metrics {
 		registry: prometheus.NewRegistry(),
 		sweeps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "sweeps_total",
-			Help: "Sweeps by outcome: success, failure, interrupted, dry_run.",
+			Help: "Sweeps by outcome: success, failure, interrupted (a shutdown stopped it); dry runs are counted apart.",
 		}, []string{"outcome"}),
 		transitioned: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "steps_transitioned_total",
@@ -117,11 +149,63 @@ func New() *Metrics {
 			Namespace: ns, Name: "listener_up",
 			Help: "1 while the connection listening for parked steps (the timer gate's notifications) is up.",
 		}),
+		dryRuns: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "dry_runs_total",
+			Help: "Dry-run sweeps (POST /v1/sweeps?dry_run=true), whatever their outcome: they move nothing.",
+		}),
+		lastSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "last_success_timestamp_seconds",
+			Help: "Unix time the last successful sweep (not a dry run) finished; 0 before the first.",
+		}),
+		ready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "ready",
+			Help: "1 when the last readiness preflight passed every check (what /readyz answers), else 0.",
+		}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "waiting_steps",
+			Help: "Steps in waiting_for_retry, stranded ones included (refreshed at most every 15 s).",
+		}),
+		due: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "due_steps",
+			Help: "Waiting steps that are due by the full due rule and not yet moved (refreshed at most every 15 s).",
+		}),
+		oldestDue: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "oldest_due_age_seconds",
+			Help: "How long the longest-waiting due step has been due; 0 when none is (refreshed at most every 15 s).",
+		}),
+		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "build_info",
+			Help: "Always 1; the labels say which build is running.",
+		}, []string{"version", "revision", "goversion"}),
+		now: time.Now,
 	}
 	m.registry.MustRegister(m.sweeps, m.transitioned, m.stranded, m.lostRaces, m.batches, m.duration, m.lag,
 		m.skippedTicks, m.decisions, m.databaseUp, m.adopted, m.reconciles, m.drift, m.locked,
 		m.wakeups, m.emptyWakeups, m.listenerUp,
+		m.dryRuns, m.lastSuccess, m.ready, m.waiting, m.due, m.oldestDue, m.buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	for _, vec := range []struct {
+		v      *prometheus.CounterVec
+		values []string
+	}{
+		{m.sweeps, sweepOutcomes},
+		{m.batches, batchOutcomes},
+		{m.skippedTicks, skipReasons},
+		{m.reconciles, reconcileOutcomes},
+		{m.drift, driftKinds},
+		{m.adopted, adoptionPasses},
+		{m.wakeups, wakeReasons},
+		{m.emptyWakeups, emptyWakeReasons},
+	} {
+		for _, value := range vec.values {
+			vec.v.WithLabelValues(value)
+		}
+	}
+	for _, trigger := range lagTriggers {
+		m.lag.WithLabelValues(trigger)
+	}
+	build := buildinfo.Get()
+	m.buildInfo.WithLabelValues(build.Version, build.Revision, build.GoVersion).Set(1)
 	return m
 }
 
@@ -157,27 +241,50 @@ func (m *Metrics) batchDone(res sweeper.BatchResult, err error) {
 	}
 }
 
+// sweepDone records a finished sweep. A dry run is counted only in
+// dry_runs_total: it moves nothing, so it says nothing about whether sweeps
+// work, and its duration would skew the sweeps' histogram.
 func (m *Metrics) sweepDone(sum sweeper.Summary, err error) {
+	if err == nil && !sum.Trigger.Timed() { // timed sweeps do not count stranded steps
+		m.stranded.Set(float64(sum.Stranded))
+	}
+	if sum.DryRun {
+		m.dryRuns.Inc()
+		return
+	}
 	outcome := "success"
 	switch {
 	case sum.Interrupted || errors.Is(err, sweeper.ErrInterrupted) || errors.Is(err, context.Canceled):
 		outcome = "interrupted"
 	case err != nil:
 		outcome = "failure"
-	case sum.DryRun:
-		outcome = "dry_run"
 	}
 	m.sweeps.WithLabelValues(outcome).Inc()
 	m.duration.Observe(sum.Duration.Seconds())
-	if !sum.DryRun {
-		m.transitioned.Add(float64(sum.Transitioned))
-		m.lostRaces.Add(float64(sum.LostRaces))
-		m.adopted.WithLabelValues("sweep").Add(float64(sum.Adopted))
-		m.locked.Add(float64(sum.SkippedLocked))
+	m.transitioned.Add(float64(sum.Transitioned))
+	m.lostRaces.Add(float64(sum.LostRaces))
+	m.adopted.WithLabelValues("sweep").Add(float64(sum.Adopted))
+	m.locked.Add(float64(sum.SkippedLocked))
+	if outcome == "success" {
+		m.lastSuccess.Set(float64(m.now().UnixNano()) / 1e9)
 	}
-	if err == nil && !sum.Trigger.Timed() { // timed sweeps do not count stranded steps
-		m.stranded.Set(float64(sum.Stranded))
+}
+
+// ReadinessChecked records a readiness verdict (what /readyz answered).
+func (m *Metrics) ReadinessChecked(ready bool) { m.ready.Set(boolGauge(ready)) }
+
+// BacklogCounted sets the backlog gauges.
+func (m *Metrics) BacklogCounted(b sweeper.Backlog) {
+	m.waiting.Set(float64(b.Waiting))
+	m.due.Set(float64(b.Due))
+	m.oldestDue.Set(b.OldestDueAge().Seconds())
+}
+
+func boolGauge(b bool) float64 {
+	if b {
+		return 1
 	}
+	return 0
 }
 
 // ReconcilePass records one attempt at a reconcile pass (fits
@@ -204,13 +311,7 @@ func (m *Metrics) ReconcilePass(res sweeper.Reconciliation, err error) {
 func (m *Metrics) SkippedTick(reason string) { m.skippedTicks.WithLabelValues(reason).Inc() }
 
 // DatabaseChecked records a health check's verdict.
-func (m *Metrics) DatabaseChecked(up bool) {
-	if up {
-		m.databaseUp.Set(1)
-	} else {
-		m.databaseUp.Set(0)
-	}
-}
+func (m *Metrics) DatabaseChecked(up bool) { m.databaseUp.Set(boolGauge(up)) }
 
 // FailureHandler is the inline handler as CountDecisions wraps it.
 type FailureHandler interface {
@@ -246,13 +347,7 @@ func (m *Metrics) EmptyWake(reason sweeper.Trigger) {
 }
 
 // ListenerUp records the state of the park listener's connection.
-func (m *Metrics) ListenerUp(up bool) {
-	if up {
-		m.listenerUp.Set(1)
-	} else {
-		m.listenerUp.Set(0)
-	}
-}
+func (m *Metrics) ListenerUp(up bool) { m.listenerUp.Set(boolGauge(up)) }
 
 // Adopted counts the steps the daemon's adoption loop adopted (fits
 // sweeper.AdoptionOptions.OnAdopted), as steps_adopted_total{pass="poll"}.

@@ -7,6 +7,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -68,10 +71,21 @@ func TestSweepHooksCountOutcomes(t *testing.T) {
 	for _, outcome := range []string{"moved", "empty", "failed", "interrupted"} {
 		require.Equal(t, 1.0, counterValue(t, m.batches.WithLabelValues(outcome)), outcome)
 	}
-	for _, outcome := range []string{"dry_run", "failure", "interrupted"} {
+	for _, outcome := range []string{"failure", "interrupted"} {
 		require.Equal(t, 1.0, counterValue(t, m.sweeps.WithLabelValues(outcome)), outcome)
 	}
-	require.Equal(t, 2.0, counterValue(t, m.sweeps.WithLabelValues("success")))
+	require.Equal(t, 2.0, counterValue(t, m.sweeps.WithLabelValues("success")), "the timed sweep is a success too")
+	require.Equal(t, 1.0, counterValue(t, m.dryRuns), "a dry run is counted apart")
+	families, err := m.registry.Gather()
+	require.NoError(t, err)
+	for _, f := range families {
+		if f.GetName() == "tasker_sweeper_sweeps_total" {
+			require.Len(t, f.GetMetric(), 3, "outcomes are success, failure, interrupted: no dry_run")
+		}
+		if f.GetName() == "tasker_sweeper_sweep_duration_seconds" {
+			require.Equal(t, uint64(4), f.GetMetric()[0].GetHistogram().GetSampleCount(), "dry runs are not timed with the sweeps")
+		}
+	}
 	require.Equal(t, 3.0, counterValue(t, m.transitioned), "a dry run moves nothing")
 	require.Equal(t, 1.0, counterValue(t, m.lostRaces))
 	require.Equal(t, 7.0, counterValue(t, m.locked))
@@ -136,56 +150,97 @@ func TestCountDecisions(t *testing.T) {
 	}
 }
 
-// Every series of the README's Metrics table is served under its name and
-// labels once something has happened.
-func TestHandlerServesTheDocumentedSeries(t *testing.T) {
+// readmeMetrics are the metric names of README.md's Metrics table.
+func readmeMetrics(t *testing.T) []string {
+	t.Helper()
+	raw, err := os.ReadFile("../../README.md")
+	require.NoError(t, err)
+	_, section, found := strings.Cut(string(raw), "\n## Metrics\n")
+	require.True(t, found, "README.md has a Metrics section")
+	section, _, _ = strings.Cut(section, "\n## ")
+	var names []string
+	for line := range strings.Lines(section) {
+		rest, ok := strings.CutPrefix(line, "| `tasker_sweeper_")
+		if !ok {
+			continue
+		}
+		name, _, _ := strings.Cut(rest, "`")
+		name, _, _ = strings.Cut(name, "{")
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Every family of the README's Metrics table is served, and nothing else
+// under tasker_sweeper_; every known label value is there from the start,
+// at 0, before anything happened.
+func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 	t.Parallel()
+	body := scrape(t, New())
+	for _, series := range []string{
+		`tasker_sweeper_sweeps_total{outcome="success"} 0`,
+		`tasker_sweeper_sweeps_total{outcome="failure"} 0`,
+		`tasker_sweeper_sweeps_total{outcome="interrupted"} 0`,
+		`tasker_sweeper_dry_runs_total 0`,
+		`tasker_sweeper_batches_total{outcome="moved"} 0`,
+		`tasker_sweeper_batches_total{outcome="empty"} 0`,
+		`tasker_sweeper_batches_total{outcome="failed"} 0`,
+		`tasker_sweeper_batches_total{outcome="interrupted"} 0`,
+		`tasker_sweeper_skipped_ticks_total{reason="sweep_running"} 0`,
+		`tasker_sweeper_skipped_ticks_total{reason="database_unavailable"} 0`,
+		`tasker_sweeper_reconcile_passes_total{outcome="done"} 0`,
+		`tasker_sweeper_reconcile_passes_total{outcome="skipped"} 0`,
+		`tasker_sweeper_reconcile_passes_total{outcome="failed"} 0`,
+		`tasker_sweeper_schedule_drift_total{kind="missing"} 0`,
+		`tasker_sweeper_schedule_drift_total{kind="orphaned"} 0`,
+		`tasker_sweeper_schedule_drift_total{kind="retimed_earlier"} 0`,
+		`tasker_sweeper_schedule_drift_total{kind="retimed_later"} 0`,
+		`tasker_sweeper_schedule_drift_total{kind="restranded"} 0`,
+		`tasker_sweeper_steps_adopted_total{pass="sweep"} 0`,
+		`tasker_sweeper_steps_adopted_total{pass="poll"} 0`,
+		`tasker_sweeper_wakeups_total{reason="cron"} 0`,
+		`tasker_sweeper_wakeups_total{reason="timer"} 0`,
+		`tasker_sweeper_wakeups_total{reason="notify"} 0`,
+		`tasker_sweeper_wakeups_total{reason="adoption"} 0`,
+		`tasker_sweeper_empty_wakeups_total{reason="timer"} 0`,
+		`tasker_sweeper_empty_wakeups_total{reason="notify"} 0`,
+		`tasker_sweeper_empty_wakeups_total{reason="adoption"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="timer"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="notify"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="adoption"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="cron"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="manual"} 0`,
+		`tasker_sweeper_listener_up 0`,
+		`tasker_sweeper_last_success_timestamp_seconds 0`,
+		`tasker_sweeper_waiting_steps 0`,
+		`tasker_sweeper_due_steps 0`,
+		`tasker_sweeper_oldest_due_age_seconds 0`,
+		`tasker_sweeper_ready 0`,
+		`tasker_sweeper_database_up 0`,
+		`tasker_sweeper_build_info{goversion="` + runtime.Version() + `",revision="`,
+		`go_goroutines `,
+	} {
+		require.Contains(t, body, series)
+	}
+	require.NotContains(t, body, "tasker_sweeper_handler_decisions_total{", "decisions have no known label set to start with")
+
+	// Once something happened, the rest of the families show up too.
 	m := New()
-	hooks := m.SweepHooks()
-	hooks.BatchDone(sweeper.BatchResult{Claimed: 1, Trigger: sweeper.TriggerCron,
-		Moved: []sweeper.Moved{{DueAt: time.Now(), MovedAt: time.Now()}}}, nil)
-	hooks.SweepDone(sweeper.Summary{Transitioned: 1}, nil)
+	_, err := m.CountDecisions(stubHandler{res: handling.Result{Action: handling.ActionNoActionTaken}}).
+		Handle(t.Context(), handling.Failure{})
+	require.NoError(t, err)
 	m.Wake(sweeper.TriggerTimer)
 	m.EmptyWake(sweeper.TriggerTimer)
 	m.ListenerUp(true)
 	m.Adopted(1)
-	m.SkippedTick(sweeper.SkipSweepRunning)
-	m.SkippedTick(sweeper.SkipDatabaseUnavailable)
-	m.DatabaseChecked(true)
-	m.ReconcilePass(sweeper.Reconciliation{Ran: true, Missing: 1}, nil)
-	_, err := m.CountDecisions(stubHandler{res: handling.Result{Action: handling.ActionNoActionTaken}}).
-		Handle(t.Context(), handling.Failure{})
-	require.NoError(t, err)
-
-	srv := httptest.NewServer(m.Handler())
-	defer srv.Close()
-	resp, err := srv.Client().Get(srv.URL)
-	require.NoError(t, err)
-	defer func() { _ = resp.Body.Close() }()
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	raw, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	body := string(raw)
+	body = scrape(t, m)
 	for _, series := range []string{
-		`tasker_sweeper_sweeps_total{outcome="success"} 1`,
-		`tasker_sweeper_steps_transitioned_total 1`,
-		`tasker_sweeper_stranded_steps 0`,
-		`tasker_sweeper_lost_races_total 0`,
-		`tasker_sweeper_batches_total{outcome="moved"} 1`,
-		`tasker_sweeper_sweep_duration_seconds_count 1`,
-		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="cron"} 1`,
-		`tasker_sweeper_due_to_pending_lag_seconds_bucket{trigger="cron",le="0.001"}`,
+		`tasker_sweeper_handler_decisions_total{action="NoActionTaken",category=""} 1`,
 		`tasker_sweeper_wakeups_total{reason="timer"} 1`,
 		`tasker_sweeper_empty_wakeups_total{reason="timer"} 1`,
 		`tasker_sweeper_listener_up 1`,
 		`tasker_sweeper_steps_adopted_total{pass="poll"} 1`,
-		`tasker_sweeper_skipped_ticks_total{reason="sweep_running"} 1`,
-		`tasker_sweeper_skipped_ticks_total{reason="database_unavailable"} 1`,
-		`tasker_sweeper_handler_decisions_total{action="NoActionTaken",category=""} 1`,
-		`tasker_sweeper_database_up 1`,
-		`tasker_sweeper_schedule_drift_total{kind="missing"} 1`,
-		`tasker_sweeper_reconcile_passes_total{outcome="done"} 1`,
-		`go_goroutines `,
 	} {
 		require.Contains(t, body, series)
 	}
@@ -196,10 +251,82 @@ func TestHandlerServesTheDocumentedSeries(t *testing.T) {
 		}
 	}
 	slices.Sort(families)
-	require.Equal(t, []string{
-		"batches_total", "database_up", "due_to_pending_lag_seconds", "empty_wakeups_total",
-		"handler_decisions_total", "listener_up", "lost_races_total", "reconcile_passes_total", "schedule_drift_total",
-		"skipped_locked_steps_total", "skipped_ticks_total", "steps_adopted_total",
-		"steps_transitioned_total", "stranded_steps", "sweep_duration_seconds", "sweeps_total", "wakeups_total",
-	}, families, "exactly the README's metrics")
+	want := readmeMetrics(t)
+	require.Len(t, want, 24, "README's Metrics table lists every family once: %v", want)
+	require.Equal(t, want, families, "exactly the README's metrics")
+}
+
+func scrape(t *testing.T, m *Metrics) string {
+	t.Helper()
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL)
+	require.NoError(t, err)
+	defer func() { _ = resp.Body.Close() }()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return string(raw)
+}
+
+func gaugeValue(t *testing.T, g prometheus.Gauge) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, g.Write(&m))
+	return m.GetGauge().GetValue()
+}
+
+// The gauges an operator alerts on: the last success, readiness, the
+// backlog.
+func TestAlertingGauges(t *testing.T) {
+	t.Parallel()
+	m := New()
+	at := time.Date(2025, 3, 1, 12, 0, 0, 500_000_000, time.UTC)
+	m.now = func() time.Time { return at }
+	hooks := m.SweepHooks()
+	hooks.SweepDone(sweeper.Summary{}, errors.New("boom"))
+	hooks.SweepDone(sweeper.Summary{DryRun: true}, nil)
+	require.Zero(t, gaugeValue(t, m.lastSuccess), "neither a failure nor a dry run is a success")
+	hooks.SweepDone(sweeper.Summary{Transitioned: 1}, nil)
+	require.Equal(t, float64(at.UnixMilli())/1000, gaugeValue(t, m.lastSuccess))
+	hooks.SweepDone(sweeper.Summary{Interrupted: true}, nil)
+	require.Equal(t, float64(at.UnixMilli())/1000, gaugeValue(t, m.lastSuccess), "an interrupted sweep is not a success")
+
+	m.ReadinessChecked(true)
+	require.Equal(t, 1.0, gaugeValue(t, m.ready))
+	m.ReadinessChecked(false)
+	require.Equal(t, 0.0, gaugeValue(t, m.ready))
+
+	now := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	m.BacklogCounted(sweeper.Backlog{Waiting: 1000, Due: 7, OldestDueAt: now.Add(-90 * time.Second), DBNow: now})
+	require.Equal(t, 1000.0, gaugeValue(t, m.waiting))
+	require.Equal(t, 7.0, gaugeValue(t, m.due))
+	require.Equal(t, 90.0, gaugeValue(t, m.oldestDue))
+	m.BacklogCounted(sweeper.Backlog{Waiting: 5, OldestDueAt: now.Add(-time.Hour), DBNow: now})
+	require.Equal(t, 0.0, gaugeValue(t, m.oldestDue), "nothing due: no age")
+}
+
+// promtool accepts the exposition: names, types, help, units.
+func TestPromtoolChecksTheMetrics(t *testing.T) {
+	t.Parallel()
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("promtool is required under CI=true: %v", err)
+		}
+		t.Skipf("promtool not found (%v): install it to lint the metrics (CI=true makes this a failure)", err)
+	}
+	m := New()
+	hooks := m.SweepHooks()
+	hooks.BatchDone(sweeper.BatchResult{Claimed: 1, Moved: []sweeper.Moved{{DueAt: time.Now(), MovedAt: time.Now()}}}, nil)
+	hooks.SweepDone(sweeper.Summary{Transitioned: 1}, nil)
+	_, err = m.CountDecisions(stubHandler{res: handling.Result{
+		Action:         handling.ActionMarkedAsError,
+		Classification: handling.Classification{Category: handling.CategoryTimeout},
+	}}).Handle(t.Context(), handling.Failure{})
+	require.NoError(t, err)
+	cmd := exec.CommandContext(t.Context(), promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(scrape(t, m))
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "promtool check metrics:\n%s", out)
 }

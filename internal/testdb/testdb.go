@@ -9,9 +9,7 @@ package testdb
 
 import (
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"encoding/hex"
 	"fmt"
 	"net/url"
 	"os"
@@ -22,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver pgtestdb connects with
 	"github.com/peterldowns/pgtestdb"
-	"github.com/peterldowns/pgtestdb/migrators/goosemigrator"
+	"github.com/peterldowns/pgtestdb/migrators/common"
 	"go.uber.org/goleak"
 
 	"github.com/tasker-sweeper/retrysweeper/db"
@@ -126,41 +124,36 @@ func BothPaths(t *testing.T, test func(t *testing.T, objects Objects)) {
 	}
 }
 
-// Migrator builds a template database with the given migration sets.
+// Migrator builds a template database with the given migration sets, the
+// way `sweeper migrate` applies them (db.MigrateDB).
 func Migrator(objects Objects) pgtestdb.Migrator {
 	sets := []migrations.Set{migrations.TaskerSubset}
 	if objects == WithSweeperObjects {
 		sets = append(sets, migrations.SweeperObjects)
 	}
-	m := chainMigrator{}
-	for _, set := range sets {
-		m = append(m, goosemigrator.New(set.Dir,
-			goosemigrator.WithFS(migrations.FS),
-			goosemigrator.WithTableName(set.VersionTable),
-		))
-	}
-	return m
+	return setsMigrator(sets)
 }
 
-// chainMigrator applies several goose migration sets in order, each with its
-// own version table, as `sweeper migrate` does.
-type chainMigrator []*goosemigrator.GooseMigrator
+// setsMigrator applies several migration sets in order, each with its own
+// version table, as `sweeper migrate` does.
+type setsMigrator []migrations.Set
 
-func (c chainMigrator) Hash() (string, error) {
-	h := sha256.New()
-	for _, m := range c {
-		part, err := m.Hash()
-		if err != nil {
+// Hash covers every set's files and version table, so a template is rebuilt
+// when either changes.
+func (m setsMigrator) Hash() (string, error) {
+	hash := common.NewRecursiveHash()
+	for _, set := range m {
+		hash.Add([]byte(set.VersionTable))
+		if err := hash.AddDirs(migrations.FS, "*.sql", set.Dir); err != nil {
 			return "", err
 		}
-		h.Write([]byte(part))
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	return hash.String(), nil
 }
 
-func (c chainMigrator) Migrate(ctx context.Context, db *sql.DB, conf pgtestdb.Config) error {
-	for _, m := range c {
-		if err := m.Migrate(ctx, db, conf); err != nil {
+func (m setsMigrator) Migrate(ctx context.Context, sqlDB *sql.DB, _ pgtestdb.Config) error {
+	for _, set := range m {
+		if _, err := db.MigrateDB(ctx, sqlDB, set); err != nil {
 			return err
 		}
 	}

@@ -35,6 +35,13 @@ type TaskerSweeperAdoption struct {
 	LastFullPass *time.Time
 }
 
+type TaskerSweeperGooseVersion struct {
+	ID        int32
+	VersionID int64
+	IsApplied bool
+	Tstamp    time.Time
+}
+
 type TaskerSweeperRetrySchedule struct {
 	WorkflowStepUUID uuid.UUID
 	DueAt            time.Time

@@ -53,6 +53,29 @@ func (q *Queries) AdoptionLock(ctx context.Context) (AdoptionLockRow, error) {
 	return i, err
 }
 
+const adoptionLockWait = `-- name: AdoptionLockWait :one
+SELECT watermark, last_full_pass, now()::timestamp AS db_now
+FROM tasker_sweeper.adoption WHERE id = 1
+FOR UPDATE
+`
+
+type AdoptionLockWaitRow struct {
+	Watermark    *time.Time
+	LastFullPass *time.Time
+	DbNow        time.Time
+}
+
+// The same, waiting for a replica that holds the row: before the first pass
+// on a database has completed the schedule holds only what the inline
+// handler wrote, so the first sweep waits for a pass in flight rather than
+// sweep (and count stranded steps on) a schedule that is not filled yet.
+func (q *Queries) AdoptionLockWait(ctx context.Context) (AdoptionLockWaitRow, error) {
+	row := q.db.QueryRow(ctx, adoptionLockWait)
+	var i AdoptionLockWaitRow
+	err := row.Scan(&i.Watermark, &i.LastFullPass, &i.DbNow)
+	return i, err
+}
+
 const adoptionState = `-- name: AdoptionState :one
 SELECT watermark, last_full_pass, now()::timestamp AS db_now
 FROM tasker_sweeper.adoption WHERE id = 1
@@ -331,7 +354,7 @@ WHERE s.due_at <= coalesce($1::timestamptz, now())
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce($1::timestamptz, now()), true)
 ORDER BY s.due_at
 LIMIT $2
-FOR UPDATE OF ws, cur SKIP LOCKED
+FOR UPDATE OF s, ws, cur SKIP LOCKED
 `
 
 type ScheduleClaimDueParams struct {
@@ -348,11 +371,13 @@ type ScheduleClaimDueRow struct {
 // SweepClaimDue driven by the schedule: candidates come from the due_at
 // index in due order, so the cost follows the number of due steps, not the
 // size of the tables. The full due rule is re-checked against the tasker
-// tables (the schedule is only a hint), and the step row and its current
-// transition are locked, skipping rows others hold. The locks are taken
+// tables (the schedule is only a hint), and the schedule row, the step row
+// and its current transition are locked, skipping rows others hold. The locks are taken
 // below the LIMIT, in the same query that walks the index: a candidate
 // another transaction holds is skipped without using up a place in the
 // batch, so a short batch really means nothing more is movable now.
+// The schedule row too: the batch deletes it, and a row another transaction
+// is rewriting (a reconcile pass) is left for the next sweep, never waited for.
 func (q *Queries) ScheduleClaimDue(ctx context.Context, arg ScheduleClaimDueParams) ([]ScheduleClaimDueRow, error) {
 	rows, err := q.db.Query(ctx, scheduleClaimDue, arg.Now, arg.BatchLimit)
 	if err != nil {

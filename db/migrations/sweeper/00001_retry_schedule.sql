@@ -10,6 +10,9 @@
 -- rule against the tasker tables before moving anything.
 
 -- +goose Up
+-- `sweeper migrate` creates the schema before goose writes its version table
+-- there; the statement stays so the file (and sqlc, which reads it) is
+-- complete on its own.
 CREATE SCHEMA IF NOT EXISTS tasker_sweeper;
 
 CREATE TABLE IF NOT EXISTS tasker_sweeper.retry_schedule (
@@ -37,4 +40,6 @@ CREATE TABLE IF NOT EXISTS tasker_sweeper.adoption (
 INSERT INTO tasker_sweeper.adoption (id) VALUES (1) ON CONFLICT DO NOTHING;
 
 -- +goose Down
-DROP SCHEMA IF EXISTS tasker_sweeper CASCADE;
+-- The schema stays: goose's version tables live in it.
+DROP TABLE IF EXISTS tasker_sweeper.adoption;
+DROP TABLE IF EXISTS tasker_sweeper.retry_schedule;
