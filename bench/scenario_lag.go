@@ -302,17 +302,25 @@ func (b *bench) onTime(ctx context.Context) error {
 		r.add(row{scenario: "lag", metric: desc + ": p50", unit: "ms", value: median(st.p50), runs: st.p50, target: atMost(10)})
 		r.add(row{scenario: "lag", metric: desc + ": p99", unit: "ms", value: median(st.p99), runs: st.p99, target: atMost(50)})
 		r.add(row{scenario: "lag", metric: desc + ": max", unit: "ms", value: median(st.max), runs: st.max})
-		r.add(row{scenario: "lag", metric: fmt.Sprintf("on time, %d replica(s): p99 of handler-parked steps", n), unit: "ms",
-			value: median(st.hp99), runs: st.hp99})
-		r.add(row{scenario: "lag", metric: fmt.Sprintf("on time, %d replica(s): p99 of orchestrator-parked steps", n), unit: "ms",
-			value: median(st.op99), runs: st.op99})
+		r.add(row{
+			scenario: "lag", metric: fmt.Sprintf("on time, %d replica(s): p99 of handler-parked steps", n), unit: "ms",
+			value: median(st.hp99), runs: st.hp99,
+		})
+		r.add(row{
+			scenario: "lag", metric: fmt.Sprintf("on time, %d replica(s): p99 of orchestrator-parked steps", n), unit: "ms",
+			value: median(st.op99), runs: st.op99,
+		})
 		if len(st.stmts) > 0 {
-			r.add(row{scenario: "lag", metric: fmt.Sprintf("on time, %d replica(s): sweep-side statements per moved step", n),
-				unit: "stmts", value: median(st.stmts), runs: st.stmts})
+			r.add(row{
+				scenario: "lag", metric: fmt.Sprintf("on time, %d replica(s): sweep-side statements per moved step", n),
+				unit: "stmts", value: median(st.stmts), runs: st.stmts,
+			})
 			r.set(key+"_stmts_per_step", median(st.stmts))
 		}
-		r.add(row{scenario: "lag", metric: fmt.Sprintf("on time, %d replica(s): sweep-side transactions per moved step", n),
-			unit: "xacts", value: median(st.xacts), runs: st.xacts})
+		r.add(row{
+			scenario: "lag", metric: fmt.Sprintf("on time, %d replica(s): sweep-side transactions per moved step", n),
+			unit: "xacts", value: median(st.xacts), runs: st.xacts,
+		})
 		r.set(key+"_p50_ms", median(st.p50))
 		r.set(key+"_p99_ms", median(st.p99))
 		r.set(key+"_max_ms", median(st.max))
@@ -321,13 +329,17 @@ func (b *bench) onTime(ctx context.Context) error {
 	one, four := stats[0], stats[1]
 	if len(one.stmts) > 0 && len(four.stmts) > 0 {
 		ratio := median(four.stmts) / median(one.stmts)
-		r.add(row{scenario: "lag", metric: "on time: statements per moved step, 4 replicas / 1", unit: "×", value: ratio,
-			runs: ratios(four.stmts, one.stmts), target: atMost(1.5)})
+		r.add(row{
+			scenario: "lag", metric: "on time: statements per moved step, 4 replicas / 1", unit: "×", value: ratio,
+			runs: ratios(four.stmts, one.stmts), target: atMost(1.5),
+		})
 		r.set("lag_ontime_stmts_ratio_4r", ratio)
 	}
 	xratio := median(four.xacts) / median(one.xacts)
-	r.add(row{scenario: "lag", metric: "on time: transactions per moved step, 4 replicas / 1", unit: "×", value: xratio,
-		runs: ratios(four.xacts, one.xacts), target: atMost(1.5)})
+	r.add(row{
+		scenario: "lag", metric: "on time: transactions per moved step, 4 replicas / 1", unit: "×", value: xratio,
+		runs: ratios(four.xacts, one.xacts), target: atMost(1.5),
+	})
 	r.set("lag_ontime_xacts_ratio_4r", xratio)
 	return b.onTimeIdle(ctx)
 }

@@ -175,8 +175,10 @@ func TestAdoptReportsTheEarliestDueTime(t *testing.T) {
 	for _, backoff := range []int32{90, 30, 60} {
 		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 		testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
-		testdb.SetColumns(t, pool, step, testdb.StepColumns{Attempts: testdb.Ptr[int32](1),
-			LastAttemptedAgo: testdb.Ptr(time.Duration(0)), BackoffRequestSeconds: testdb.Ptr(backoff)})
+		testdb.SetColumns(t, pool, step, testdb.StepColumns{
+			Attempts:         testdb.Ptr[int32](1),
+			LastAttemptedAgo: testdb.Ptr(time.Duration(0)), BackoffRequestSeconds: testdb.Ptr(backoff),
+		})
 		var due time.Time
 		require.NoError(t, pool.QueryRow(ctx, `SELECT last_attempted_at + backoff_request_seconds * interval '1 second'
 			FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`, step).Scan(&due))

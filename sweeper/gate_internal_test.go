@@ -127,8 +127,10 @@ func TestSettleAfterAWakeUp(t *testing.T) {
 	// due meanwhile is swept at the next grid point.
 	g.armedAt = time.Time{}
 	pre := DueProbe{DBNow: grid.Add(16 * time.Millisecond), DueNow: true}
-	g.settle(ctx, probeResult{timed: true, wake: wake{grid: grid.Add(g.opts.Gap)}, swept: true, moved: 3,
-		pre: pre, latest: DueProbe{DBNow: pre.DBNow.Add(4 * time.Millisecond), DueNow: true}, at: local})
+	g.settle(ctx, probeResult{
+		timed: true, wake: wake{grid: grid.Add(g.opts.Gap)}, swept: true, moved: 3,
+		pre: pre, latest: DueProbe{DBNow: pre.DBNow.Add(4 * time.Millisecond), DueNow: true}, at: local,
+	})
 	require.Equal(t, pre.DBNow, g.floor)
 	require.True(t, g.incumbent)
 	require.Zero(t, g.misses)

@@ -66,8 +66,10 @@ func parkAsOrchestrator(t *testing.T, pool *pgxpool.Pool, backoff int32) uuid.UU
 	t.Helper()
 	step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 	testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
-	testdb.SetColumns(t, pool, step, testdb.StepColumns{Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3),
-		LastAttemptedAgo: testdb.Ptr(time.Duration(0)), BackoffRequestSeconds: testdb.Ptr(backoff)})
+	testdb.SetColumns(t, pool, step, testdb.StepColumns{
+		Attempts: testdb.Ptr[int32](1), MaxAttempts: testdb.Ptr[int32](3),
+		LastAttemptedAgo: testdb.Ptr(time.Duration(0)), BackoffRequestSeconds: testdb.Ptr(backoff),
+	})
 	return step
 }
 
