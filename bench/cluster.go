@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +39,9 @@ type bench struct {
 	templates map[string]bool
 	// idleSteps are the step ids of the idle template.
 	idleSteps []uuid.UUID
+	// pgss: the server loads pg_stat_statements (tracking nothing unless a
+	// database asks, see countStatementsIn).
+	pgss bool
 }
 
 // serverSettings are production-like: durable commits (pgserver.Durable
@@ -71,7 +75,14 @@ func (b *bench) execute(ctx context.Context) error {
 	}
 
 	b.log.printf("starting a durable PostgreSQL in %s", b.opts.parent)
-	srv, err := pgserver.Start(ctx, pgserver.Options{Durable: true, Parent: b.opts.parent, Settings: serverSettings})
+	settings := maps.Clone(serverSettings)
+	if b.pgss = statementsLibrary(); b.pgss {
+		// Loaded for the lag scenario's statement counts; tracking is off
+		// except in the databases that ask for it.
+		settings["shared_preload_libraries"] = "pg_stat_statements"
+		settings["pg_stat_statements.track"] = "none"
+	}
+	srv, err := pgserver.Start(ctx, pgserver.Options{Durable: true, Parent: b.opts.parent, Settings: settings})
 	if err != nil {
 		return fmt.Errorf("start postgres: %w", err)
 	}
@@ -90,6 +101,11 @@ func (b *bench) execute(ctx context.Context) error {
 		return fmt.Errorf("connect to postgres: %w", err)
 	}
 	b.admin = admin
+	if b.pgss {
+		if _, err := admin.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+			return fmt.Errorf("create pg_stat_statements: %w", err)
+		}
+	}
 	if err := b.describeMachine(ctx); err != nil {
 		return err
 	}
@@ -127,6 +143,13 @@ func (b *bench) execute(ctx context.Context) error {
 		<-ctx.Done()
 	}
 	return nil
+}
+
+// statementsLibrary reports whether the server's library directory has
+// pg_stat_statements (a contrib module).
+func statementsLibrary() bool {
+	out, err := exec.Command("pg_config", "--pkglibdir").Output()
+	return err == nil && isFile(filepath.Join(strings.TrimSpace(string(out)), "pg_stat_statements.so"))
 }
 
 // checkDisk refuses to start when the data directory's file system is

@@ -119,6 +119,10 @@ type sizes struct {
 	lagBackground int // not-yet-due waiting steps and complete steps around the lag steps
 	lagDrain      time.Duration
 
+	onTimeRate       float64       // steps parked per second (handler and orchestrator alternately)
+	onTimeWindow     time.Duration // how long they keep arriving
+	onTimeIdleWindow time.Duration // how long an idle replica's statements are counted
+
 	memoryDue int
 
 	handlerSteps    int
@@ -156,6 +160,9 @@ var fullSizes = sizes{
 	lagWindow:            5 * time.Second,
 	lagBackground:        100_000,
 	lagDrain:             10 * time.Second,
+	onTimeRate:           200,
+	onTimeWindow:         10 * time.Second,
+	onTimeIdleWindow:     time.Minute,
 	memoryDue:            1_000_000,
 	handlerSteps:         40_000,
 	handlerClients:       8,
@@ -187,6 +194,8 @@ func scaled(scale float64) sizes {
 	s.lagWindow = d(s.lagWindow, time.Second)
 	s.lagBackground = n(s.lagBackground, 100)
 	s.lagDrain = d(s.lagDrain, 6*time.Second)
+	s.onTimeWindow = d(s.onTimeWindow, 3*time.Second)
+	s.onTimeIdleWindow = d(s.onTimeIdleWindow, 15*time.Second)
 	s.memoryDue = n(s.memoryDue, 100)
 	s.handlerSteps = n(s.handlerSteps, 100)
 	s.handlerDuration = d(s.handlerDuration, time.Second/2)

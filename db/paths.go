@@ -25,6 +25,10 @@ type pathStore interface {
 	strandedSample(ctx context.Context, limit int) ([]sweeper.StrandedStep, error)
 	applyFailure(ctx context.Context, w handling.FailureWrite) (handling.FailureWritten, error)
 	reconcile(ctx context.Context, olderThan time.Duration) (sweeper.Reconciliation, error)
+	// The timer gate's and the adoption loop's needs (wake.go).
+	probeDue(ctx context.Context, req sweeper.ProbeRequest) (sweeper.DueProbe, sweeper.Lease, error)
+	reevaluateOnly(ctx context.Context) (sweeper.Preparation, error)
+	adoptOnly(ctx context.Context) (sweeper.Adoption, error)
 	backlog(ctx context.Context) (sweeper.Backlog, error)
 }
 

@@ -73,11 +73,11 @@ const (
 // movable ones.
 func (s *scheduleStore) prepare(ctx context.Context) (sweeper.Preparation, error) {
 	var p sweeper.Preparation
-	adopted, reconciled, err := s.adopt(ctx)
+	adoption, err := s.adopt(ctx)
 	if err != nil {
 		return p, err
 	}
-	p.Adopted, p.Reconciled = adopted, reconciled
+	p.Adopted, p.Reconciled = adoption.Adopted, adoption.Reconciled
 	overdue, err := s.q.ScheduleOverdue(ctx, s.now())
 	if err != nil {
 		return p, fmt.Errorf("look for overdue schedule rows: %w", asSentinel(err))
@@ -86,19 +86,25 @@ func (s *scheduleStore) prepare(ctx context.Context) (sweeper.Preparation, error
 		p.NothingDue = true
 		return p, nil
 	}
+	return p, s.reevaluate(ctx, &p)
+}
+
+// reevaluate re-evaluates the overdue rows that cannot move, a page at a
+// time, adding to p's counts.
+func (s *scheduleStore) reevaluate(ctx context.Context, p *sweeper.Preparation) error {
 	for {
 		row, err := s.q.ScheduleReschedule(ctx, dbsqlc.ScheduleRescheduleParams{
 			Now: s.now(), BatchLimit: rescheduleBatch, RecheckSeconds: int32(recheckAfter / time.Second),
 		})
 		if err != nil {
-			return p, fmt.Errorf("re-evaluate overdue schedule rows: %w", asSentinel(err))
+			return fmt.Errorf("re-evaluate overdue schedule rows: %w", asSentinel(err))
 		}
 		p.Dropped += int(row.Dropped)
 		p.Deferred += int(row.Deferred)
 		// Stop at the end of the overdue rows, or when a page changed
 		// nothing (all movable: the batches move them).
 		if row.Examined < rescheduleBatch || row.Dropped+row.Deferred == 0 {
-			return p, nil
+			return nil
 		}
 	}
 }
@@ -107,36 +113,33 @@ func (s *scheduleStore) prepare(ctx context.Context) (sweeper.Preparation, error
 // (minus the margin). Replicas may run it at once: the insert skips
 // scheduled steps and the watermark only moves forward. The first pass on a
 // database reconciles instead.
-func (s *scheduleStore) adopt(ctx context.Context) (int, *sweeper.Reconciliation, error) {
-	state, err := s.q.AdoptionState(ctx)
+func (s *scheduleStore) adopt(ctx context.Context) (sweeper.Adoption, error) {
+	row, err := s.q.ScheduleAdopt(ctx, dbsqlc.ScheduleAdoptParams{Now: s.now(), MarginSeconds: s.adoptionMargin.Seconds()})
 	if err != nil {
-		return 0, nil, fmt.Errorf("read adoption state: %w", asSentinel(err))
+		return sweeper.Adoption{}, fmt.Errorf("adopt waiting steps: %w", asSentinel(err))
 	}
-	if state.Watermark == nil {
+	if row.WatermarkMissing {
 		// No pass has completed on this database: the schedule holds only
 		// what the inline handler wrote. Run the first one, or wait for the
 		// replica running it, before the sweep trusts the schedule.
 		res, err := s.reconcilePass(ctx, 0, true)
 		if err != nil {
-			return 0, nil, err
+			return sweeper.Adoption{}, err
 		}
 		if !res.Ran {
-			return 0, nil, nil // another replica's first pass finished meanwhile
+			return sweeper.Adoption{}, nil // another replica's first pass finished meanwhile
 		}
-		return int(res.Missing), &res, nil
+		return sweeper.Adoption{Adopted: int(res.Missing), Reconciled: &res}, nil
 	}
-	row, err := s.q.ScheduleAdopt(ctx, dbsqlc.ScheduleAdoptParams{Now: s.now(), Since: state.Watermark.Add(-s.adoptionMargin)})
-	if err != nil {
-		return 0, nil, fmt.Errorf("adopt waiting steps: %w", asSentinel(err))
-	}
+	res := sweeper.Adoption{Adopted: int(row.Adopted), EarliestDue: row.EarliestDue}
 	next := nextWatermark(row.ScannedAt, row.OldestXactStart)
-	if row.Adopted == 0 && next.Sub(*state.Watermark) < adoptionAdvanceEvery {
-		return 0, nil, nil
+	if row.Adopted == 0 && next.Sub(row.Watermark) < adoptionAdvanceEvery {
+		return res, nil
 	}
 	if err := s.q.AdoptionAdvance(ctx, dbsqlc.AdoptionAdvanceParams{Watermark: next}); err != nil {
-		return 0, nil, fmt.Errorf("advance adoption watermark: %w", asSentinel(err))
+		return sweeper.Adoption{}, fmt.Errorf("advance adoption watermark: %w", asSentinel(err))
 	}
-	return int(row.Adopted), nil, nil
+	return res, nil
 }
 
 // nextWatermark is how far a pass that ran at scannedAt may move the

@@ -1,7 +1,8 @@
 // Package db is the PostgreSQL store: it runs the sqlc-generated queries over
 // a pgx pool, maps rows into the domain types of statemachine, handling and
-// sweeper, and maps driver errors into the project's sentinels. Generated
-// types never leave this package.
+// sweeper, and maps driver errors into the project's sentinels. It also owns
+// the park listener (LISTEN on a connection of its own). Generated types
+// never leave this package.
 package db
 
 import (

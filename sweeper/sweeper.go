@@ -1,7 +1,10 @@
 // Package sweeper owns the retry sweep: one RunOnce pass moves every due
 // waiting_for_retry step back to pending in concurrent batch transactions,
-// and the Scheduler runs passes on a cron schedule without ever overlapping
-// them. It defines the narrow Store it needs; the db package implements it.
+// and the Scheduler runs passes on a cron schedule and, with its timer gate,
+// at the due times the retry schedule holds, without ever overlapping them.
+// It also owns the adoption and reconcile loops. It defines the narrow
+// interfaces it needs (Store, DueStore, WakeSource); the db package
+// implements them.
 package sweeper
 
 import (
@@ -60,6 +63,9 @@ type BatchResult struct {
 	// transaction, or not movable), so more may lie beyond it. The sweep
 	// goes on with a larger window instead of ending.
 	WindowFull bool
+	// Trigger is what started the batch's sweep (set by the sweeper, not
+	// the store).
+	Trigger Trigger
 }
 
 // DueCounts is what a sweep would do right now, without writing: the due,
@@ -240,6 +246,10 @@ type Summary struct {
 	LostRaces int `json:"lost_races"`
 	// Path is how due steps were found: schedule or scan.
 	Path Path `json:"path"`
+	// Trigger is what started the sweep: cron, manual, or the timer gate's
+	// timer, notify or adoption. A timed sweep leaves Adopted, Stranded and
+	// SkippedLocked at zero: the cron sweeps count those.
+	Trigger Trigger `json:"trigger"`
 	// Adopted is how many steps parked by other writers joined the schedule.
 	Adopted int `json:"adopted"`
 	// SkippedLocked is how many due steps were left waiting because another
@@ -300,9 +310,29 @@ const strandedSampleSize = 10
 // shutdown never leaves a half-moved batch. A failed batch is counted and
 // stops the sweep; RunOnce then returns an error with the summary so far.
 func (s *Sweeper) RunOnce(ctx context.Context, dryRun bool) (Summary, error) {
-	sum := Summary{SweepID: newSweepID(), DryRun: dryRun, StartedAt: time.Now()}
+	return s.run(ctx, sweepOptions{dryRun: dryRun, trigger: TriggerManual})
+}
+
+// sweepOptions say what a sweep is asked to do.
+type sweepOptions struct {
+	dryRun  bool
+	trigger Trigger
+	// reevaluate (a timed sweep): re-evaluate the overdue rows that cannot
+	// move, after the batches.
+	reevaluate bool
+}
+
+// run is one sweep: a timed one (the timer gate's) is short, see
+// Trigger.Timed.
+func (s *Sweeper) run(ctx context.Context, o sweepOptions) (Summary, error) {
+	sum := Summary{SweepID: newSweepID(), DryRun: o.dryRun, Trigger: o.trigger, StartedAt: time.Now()}
 	log := s.logger.With(slog.String("sweep_id", sum.SweepID.String()))
-	err := s.sweep(ctx, log, &sum)
+	var err error
+	if o.trigger.Timed() && !o.dryRun {
+		err = s.sweepDue(ctx, log, &sum, o.reevaluate)
+	} else {
+		err = s.sweep(ctx, log, &sum)
+	}
 	sum.Duration = time.Since(sum.StartedAt)
 	sum.DurationMS = float64(sum.Duration.Microseconds()) / 1000
 	s.report(log, sum, err)
@@ -312,7 +342,8 @@ func (s *Sweeper) RunOnce(ctx context.Context, dryRun bool) (Summary, error) {
 	return sum, err
 }
 
-func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) error {
+// choosePath asks the store for its path and announces a change of path.
+func (s *Sweeper) choosePath(ctx context.Context, log *slog.Logger, sum *Summary) error {
 	path, err := s.store.Path(ctx)
 	if err != nil {
 		return fmt.Errorf("choose sweep path: %w", err)
@@ -325,6 +356,46 @@ func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) err
 			log.Warn("sweep path: scan (sweeper-owned objects missing; every waiting step is evaluated on " +
 				"each sweep: run 'sweeper migrate' to install them)")
 		}
+	}
+	return nil
+}
+
+// sweepDue is a timed sweep (the timer gate's): a probe just found a
+// schedule row due, so it goes straight to the batches, and then, when the
+// probe saw rows left over from earlier looks, re-evaluates the overdue rows
+// that cannot move (after the batches: the steps that are due do not wait
+// for it). Adoption has its own loop; the stranded count and the count of
+// locked steps are the cron sweeps'.
+func (s *Sweeper) sweepDue(ctx context.Context, log *slog.Logger, sum *Summary, reevaluate bool) error {
+	if err := s.choosePath(ctx, log, sum); err != nil {
+		return err
+	}
+	ds, ok := s.store.(DueStore)
+	if !ok {
+		return ErrNoSchedule
+	}
+	if err := s.runBatches(ctx, log, sum); err != nil {
+		return err
+	}
+	if sum.Interrupted {
+		return ErrInterrupted
+	}
+	if !reevaluate {
+		return nil
+	}
+	prep, err := ds.Reevaluate(ctx)
+	if err != nil {
+		return fmt.Errorf("re-evaluate overdue schedule rows: %w", err)
+	}
+	if prep.Dropped > 0 || prep.Deferred > 0 {
+		log.Debug("schedule rows re-evaluated", slog.Int("dropped", prep.Dropped), slog.Int("deferred", prep.Deferred))
+	}
+	return nil
+}
+
+func (s *Sweeper) sweep(ctx context.Context, log *slog.Logger, sum *Summary) error {
+	if err := s.choosePath(ctx, log, sum); err != nil {
+		return err
 	}
 	if sum.DryRun {
 		counts, err := s.store.CountDue(ctx)
@@ -476,60 +547,73 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 	// the orchestrator, say), so locked rows never end a sweep.
 	var window atomic.Int64
 	window.Store(int64(2 * s.cfg.BatchSize))
-	for !exhausted.Load() && ctx.Err() == nil {
-		number++
-		batch := Batch{
-			SweepID: sum.SweepID, Number: number, Limit: s.cfg.BatchSize, Window: int(window.Load()),
-			NotifyChannel: s.cfg.NotifyChannel,
-		}
-		runAndTally := func() error {
-			res, err := s.runBatch(ctx, batch)
-			switch {
-			case err != nil:
-				exhausted.Store(true)
-			case res.Claimed < batch.Limit && res.WindowFull:
-				grown := min(int64(batch.Window)*2, maxWindow)
-				if grown == int64(batch.Window) {
-					exhausted.Store(true) // as far as one sweep looks; the next goes on
-				}
-				for w := window.Load(); w < grown && !window.CompareAndSwap(w, grown); w = window.Load() {
-				}
-			case res.Claimed < batch.Limit:
-				exhausted.Store(true)
+	// The first batch runs alone (an idle sweep costs one transaction, and
+	// workers start only when there is a backlog), and so does a last one
+	// after batches ran side by side: each holds its window's schedule rows
+	// until it commits, so a sibling may have found nothing it could take
+	// while rows were still held that nobody took.
+	runAlone, sideBySide := true, false
+	for {
+		for !exhausted.Load() && ctx.Err() == nil {
+			number++
+			batch := Batch{
+				SweepID: sum.SweepID, Number: number, Limit: s.cfg.BatchSize, Window: int(window.Load()),
+				NotifyChannel: s.cfg.NotifyChannel,
 			}
-			if err != nil && s.abortContext().Err() != nil && errors.Is(err, context.Canceled) {
-				// AbortBatches (a shutdown's grace is over) cancelled it: it
-				// rolled back whole, and the sweep is interrupted, not failed.
-				aborted.Store(true)
-				log.Warn("sweep batch cancelled by shutdown: rolled back", slog.Int("batch", batch.Number))
+			runAndTally := func() error {
+				res, err := s.runBatch(ctx, batch, sum.Trigger)
+				switch {
+				case err != nil:
+					exhausted.Store(true)
+				case res.Claimed < batch.Limit && res.WindowFull:
+					grown := min(int64(batch.Window)*2, maxWindow)
+					if grown == int64(batch.Window) {
+						exhausted.Store(true) // as far as one sweep looks; the next goes on
+					}
+					for w := window.Load(); w < grown && !window.CompareAndSwap(w, grown); w = window.Load() {
+					}
+				case res.Claimed < batch.Limit:
+					exhausted.Store(true)
+				}
+				if err != nil && s.abortContext().Err() != nil && errors.Is(err, context.Canceled) {
+					// AbortBatches (a shutdown's grace is over) cancelled it: it
+					// rolled back whole, and the sweep is interrupted, not failed.
+					aborted.Store(true)
+					log.Warn("sweep batch cancelled by shutdown: rolled back", slog.Int("batch", batch.Number))
+					return nil
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					sum.FailedBatches++
+					if firstErr == nil {
+						firstErr = err
+					}
+					log.Error("sweep batch failed", slog.Int("batch", batch.Number), slog.Any("error", err))
+					return nil // a batch failure is data: siblings finish their transactions
+				}
+				if res.Claimed > 0 {
+					sum.Batches++
+				}
+				sum.Transitioned += len(res.Moved)
+				sum.LostRaces += res.Claimed - len(res.Moved)
 				return nil
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				sum.FailedBatches++
-				if firstErr == nil {
-					firstErr = err
-				}
-				log.Error("sweep batch failed", slog.Int("batch", batch.Number), slog.Any("error", err))
-				return nil // a batch failure is data: siblings finish their transactions
+			if runAlone {
+				runAlone = false
+				_ = runAndTally()
+				continue
 			}
-			if res.Claimed > 0 {
-				sum.Batches++
-			}
-			sum.Transitioned += len(res.Moved)
-			sum.LostRaces += res.Claimed - len(res.Moved)
-			return nil
+			sideBySide = true
+			g.Go(runAndTally)
 		}
-		if number == 1 {
-			// The first batch runs alone: an idle sweep costs one
-			// transaction, and workers start only when there is a backlog.
-			_ = runAndTally()
-			continue
+		_ = g.Wait()
+		if !sideBySide || firstErr != nil || aborted.Load() || ctx.Err() != nil {
+			break
 		}
-		g.Go(runAndTally)
+		sideBySide, runAlone = false, true
+		exhausted.Store(false)
 	}
-	_ = g.Wait()
 	if aborted.Load() || (ctx.Err() != nil && !exhausted.Load()) {
 		sum.Interrupted = true
 	}
@@ -542,11 +626,12 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 // runBatch runs one batch transaction. It is detached from ctx's
 // cancellation so that a shutdown lets it commit, bounded by BatchTimeout;
 // panics are recovered into errors so one bad batch cannot kill the daemon.
-func (s *Sweeper) runBatch(ctx context.Context, b Batch) (res BatchResult, err error) {
+func (s *Sweeper) runBatch(ctx context.Context, b Batch, trigger Trigger) (res BatchResult, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("batch %d panicked: %v\n%s", b.Number, r, debug.Stack())
 		}
+		res.Trigger = trigger
 		if s.hooks.BatchDone != nil {
 			s.hooks.BatchDone(res, err)
 		}
@@ -578,7 +663,7 @@ func (s *Sweeper) abortContext() context.Context {
 func (s *Sweeper) MoveStep(ctx context.Context, step uuid.UUID, force bool) (Moved, error) {
 	res, err := s.runBatch(ctx, Batch{
 		SweepID: newSweepID(), Number: 1, Limit: 1, OnlyStep: &step, Force: force, NotifyChannel: s.cfg.NotifyChannel,
-	})
+	}, TriggerManual)
 	if err != nil {
 		return Moved{}, err
 	}
@@ -601,6 +686,7 @@ var ErrNotDue = errors.New("step is not due")
 
 func (s *Sweeper) report(log *slog.Logger, sum Summary, err error) {
 	attrs := []any{
+		slog.String("trigger", string(sum.Trigger)),
 		slog.Bool("dry_run", sum.DryRun),
 		slog.Int("transitioned", sum.Transitioned),
 		slog.Int64("stranded", sum.Stranded),
@@ -616,7 +702,8 @@ func (s *Sweeper) report(log *slog.Logger, sum Summary, err error) {
 		log.Warn("sweep interrupted by shutdown: the rest waits for the next sweep", attrs...)
 	case err != nil:
 		log.Error("sweep failed", append(attrs, slog.Any("error", err))...)
-	case sum.Transitioned > 0 || sum.LostRaces > 0:
+	case (sum.Transitioned > 0 || sum.LostRaces > 0) && !sum.Trigger.Timed():
+		// Timed sweeps run up to 1/gap times a second: debug only.
 		log.Info("sweep finished", attrs...)
 	default:
 		log.Debug("sweep finished", attrs...)

@@ -93,6 +93,9 @@ type Deps struct {
 	Preflight Preflight
 	// Metrics serves GET /metrics; nil leaves the route out.
 	Metrics http.Handler
+	// WakeMode says how sweeps are timed (GET /v1/status "wake_mode",
+	// *sweeper.Scheduler.WakeMode); nil leaves the field out.
+	WakeMode func() string
 	// Token, when set, is the bearer token every POST endpoint requires.
 	Token string
 	// Logger gets request and failure logs; nil discards them.
@@ -566,6 +569,8 @@ type statusResponse struct {
 	Stranded      int64                        `json:"stranded"`
 	NotYetDue     int64                        `json:"not_yet_due"`
 	NextDueAt     *time.Time                   `json:"next_due_at"`
+	// WakeMode is at_due (the timer gate, cron as the safety net) or cron.
+	WakeMode string `json:"wake_mode,omitempty"`
 }
 
 // getStatus answers GET /v1/status from the status cache; readiness is
@@ -583,6 +588,9 @@ func (a *server) getStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp.Ready = ready
+	if a.WakeMode != nil {
+		resp.WakeMode = a.WakeMode()
+	}
 	writeJSON(w, http.StatusOK, resp)
 }
 

@@ -60,5 +60,6 @@ func runDemoDaemon(ctx context.Context, c demo.DaemonConfig) error {
 		handler:     c.Handler,
 		httpAddr:    c.HTTPAddr,
 		grace:       c.Grace,
+		wake:        defaultWakeConfig(),
 	}, c.Logger, daemonHooks{started: c.Started, sweepDone: c.SweepDone})
 }

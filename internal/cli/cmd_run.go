@@ -38,6 +38,8 @@ type daemonConfig struct {
 	grace      time.Duration
 	// reconcileInterval is how old the last reconcile pass may get.
 	reconcileInterval time.Duration
+	// wake is the timer gate's configuration (wake.go).
+	wake wakeConfig
 }
 
 // sweepFlags registers the sweep's flags (shared by run and once).
@@ -83,6 +85,7 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	grace := f.fs.Duration("shutdown-grace", 30*time.Second,
 		"how long a shutdown waits for in-flight batches before cancelling them (they roll back whole)")
 	reconcile := reconcileFlag(f)
+	wake := wakeFlags(f)
 	f.env("schedule", "SWEEPER_SCHEDULE")
 	f.env("http-addr", "SWEEPER_HTTP_ADDR")
 	f.env("admin-token", "SWEEPER_ADMIN_TOKEN")
@@ -92,8 +95,12 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 		cfg := daemonConfig{
 			databaseURL: *dbURL, schedule: *schedule, sweep: *sweepCfg, handler: *handlerCfg,
 			httpAddr: *httpAddr, adminToken: *token, opsAddr: *opsAddr, grace: *grace, reconcileInterval: *reconcile,
+			wake: *wake,
 		}
 		if err := checkReconcileInterval(cfg.reconcileInterval); err != nil {
+			return cfg, err
+		}
+		if err := cfg.wake.check(); err != nil {
 			return cfg, err
 		}
 		if err := checkDatabaseURL(cfg.databaseURL); err != nil {
@@ -201,6 +208,8 @@ type daemonHooks struct {
 	// metrics receives the metrics handler (what GET /metrics serves),
 	// which stays readable after the daemon stopped.
 	metrics func(http.Handler)
+	// listenerUp receives every change of the park listener's connection.
+	listenerUp func(up bool)
 }
 
 // serveDaemon runs the daemon until ctx is cancelled: admin API, database
@@ -264,8 +273,13 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	if err != nil {
 		return configError(err)
 	}
+	gate, err := newWakeGate(cfg.wake, cfg.databaseURL, sw, metrics, logger, health.Ready, hooks.listenerUp)
+	if err != nil {
+		return err
+	}
 	sched, err := sweeper.NewScheduler(sw, cfg.schedule, logger, sweeper.SchedulerOptions{
 		DatabaseReady: health.Ready, OnSkippedTick: metrics.SkippedTick,
+		OnWake: metrics.Wake, Gate: gate.options(),
 	})
 	if err != nil {
 		return usageErrorf("invalid --schedule: %v", err)
@@ -287,6 +301,7 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 		Status:     store,
 		Readiness:  health,
 		Preflight:  ready,
+		WakeMode:   sched.WakeMode,
 		Metrics:    metrics.Handler(),
 		Token:      cfg.adminToken,
 		Logger:     logger,
@@ -312,7 +327,8 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	// The one start-up line: the effective configuration.
 	logger.LogAttrs(ctx, slog.LevelInfo, "sweeper running",
 		startupAttrs(ctx, cfg, &poolCfg.ConnConfig.Config, store, listener.Addr().String(),
-			slog.String("version", buildinfo.Get().Version), slog.String("ops_addr", opsAddr))...)
+			append([]slog.Attr{slog.String("version", buildinfo.Get().Version), slog.String("ops_addr", opsAddr)},
+				gate.logAttrs()...)...)...)
 	if hooks.started != nil {
 		hooks.started(listener.Addr().String())
 	}
@@ -326,6 +342,7 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	go func() { defer close(healthDone); health.run(runCtx) }()
 	schedDone := make(chan struct{})
 	go func() { defer close(schedDone); sched.Run(runCtx) }()
+	gateWait := gate.start(runCtx)
 	reconcileDone := make(chan struct{})
 	go func() {
 		defer close(reconcileDone)
@@ -380,6 +397,7 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	<-healthDone
 	<-gaugesDone
 	<-reconcileDone // a pass in flight is cancelled: it rolls back whole
+	gateWait()
 	logger.Info("sweeper stopped")
 	return runErr
 }

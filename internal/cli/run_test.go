@@ -35,6 +35,8 @@ type daemon struct {
 	sweeps chan sweeper.Summary
 	// metrics receives the daemon's metrics handler.
 	metrics chan http.Handler
+	// listener receives every change of the park listener's connection.
+	listener chan bool
 }
 
 func startDaemon(t *testing.T, vars []string, args ...string) *daemon {
@@ -43,7 +45,7 @@ func startDaemon(t *testing.T, vars []string, args ...string) *daemon {
 	d := &daemon{
 		cancel: cancel, exited: make(chan int, 1), logs: &syncBuffer{},
 		addr: make(chan string, 1), ops: make(chan string, 1), up: make(chan struct{}), sweeps: make(chan sweeper.Summary, 64),
-		metrics: make(chan http.Handler, 1),
+		metrics: make(chan http.Handler, 1), listener: make(chan bool, 16),
 	}
 	markUp := sync.OnceFunc(func() { close(d.up) })
 	e := env{
@@ -63,6 +65,12 @@ func startDaemon(t *testing.T, vars []string, args ...string) *daemon {
 				}
 			},
 			metrics: func(h http.Handler) { d.metrics <- h },
+			listenerUp: func(up bool) {
+				select {
+				case d.listener <- up:
+				default:
+				}
+			},
 		},
 	}
 	// No ops listener unless the test asks for one: the default port is

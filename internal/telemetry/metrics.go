@@ -1,7 +1,8 @@
 // Package telemetry owns the daemon's Prometheus metrics: the registry and
 // its series, and the adapters that feed them from the sweeper's hooks, the
-// scheduler's skipped ticks, the reconcile passes, the database health
-// checks, the readiness verdicts, the backlog gauges and the inline
+// scheduler's skipped ticks and wake-ups, the adoption loop, the reconcile
+// passes, the database health checks, the readiness verdicts, the backlog
+// gauges, the park listener and the inline
 // handler's decisions.
 package telemetry
 
@@ -28,7 +29,16 @@ var (
 	skipReasons       = []string{sweeper.SkipSweepRunning, sweeper.SkipDatabaseUnavailable}
 	reconcileOutcomes = []string{"done", "skipped", "failed"}
 	driftKinds        = []string{"missing", "orphaned", "retimed_earlier", "retimed_later", "restranded"}
-	adoptionPasses    = []string{"sweep"}
+	adoptionPasses    = []string{"sweep", "poll"}
+	wakeReasons       = []string{
+		string(sweeper.TriggerCron), string(sweeper.TriggerTimer),
+		string(sweeper.TriggerNotify), string(sweeper.TriggerAdoption),
+	}
+	emptyWakeReasons = []string{string(sweeper.TriggerTimer), string(sweeper.TriggerNotify), string(sweeper.TriggerAdoption)}
+	lagTriggers      = []string{
+		string(sweeper.TriggerTimer), string(sweeper.TriggerNotify), string(sweeper.TriggerAdoption),
+		string(sweeper.TriggerCron), string(sweeper.TriggerManual),
+	}
 )
 
 // Metrics are the daemon's Prometheus series, on a registry of their own so
@@ -41,7 +51,7 @@ type Metrics struct {
 	lostRaces    prometheus.Counter
 	batches      *prometheus.CounterVec
 	duration     prometheus.Histogram
-	lag          prometheus.Histogram
+	lag          *prometheus.HistogramVec
 	skippedTicks *prometheus.CounterVec
 	decisions    *prometheus.CounterVec
 	databaseUp   prometheus.Gauge
@@ -49,6 +59,9 @@ type Metrics struct {
 	reconciles   *prometheus.CounterVec
 	drift        *prometheus.CounterVec
 	locked       prometheus.Counter
+	wakeups      *prometheus.CounterVec
+	emptyWakeups *prometheus.CounterVec
+	listenerUp   prometheus.Gauge
 	dryRuns      prometheus.Counter
 	lastSuccess  prometheus.Gauge
 	ready        prometheus.Gauge
@@ -90,11 +103,12 @@ func New() *Metrics {
 			Help:    "Wall time of one sweep.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 14),
 		}),
-		lag: prometheus.NewHistogram(prometheus.HistogramOpts{
+		lag: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Name: "due_to_pending_lag_seconds",
-			Help:    "Time from a step becoming due to the sweep moving it to pending (database clock).",
-			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60, 120, 300},
-		}),
+			Help: "Time from a step becoming due to the sweep moving it to pending (database clock), by what started the sweep: " +
+				"timer, notify, adoption (the timer gate), cron, manual.",
+			Buckets: []float64{0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 7.5, 10, 20, 30, 60, 120, 300},
+		}, []string{"trigger"}),
 		skippedTicks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "skipped_ticks_total",
 			Help: "Scheduled ticks skipped, by reason: sweep_running, database_unavailable.",
@@ -122,6 +136,18 @@ func New() *Metrics {
 		locked: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "skipped_locked_steps_total",
 			Help: "Due steps a sweep left waiting because another transaction held them locked (tried again next sweep).",
+		}),
+		wakeups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "wakeups_total",
+			Help: "Scheduler wake-ups by reason: cron (a tick), timer, notify, adoption (the timer gate, by what armed it).",
+		}, []string{"reason"}),
+		emptyWakeups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "empty_wakeups_total",
+			Help: "Timer gate wake-ups that moved nothing (nothing due, or another replica took the batch), by reason.",
+		}, []string{"reason"}),
+		listenerUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "listener_up",
+			Help: "1 while the connection listening for parked steps (the timer gate's notifications) is up.",
 		}),
 		dryRuns: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "dry_runs_total",
@@ -155,6 +181,7 @@ func New() *Metrics {
 	}
 	m.registry.MustRegister(m.sweeps, m.transitioned, m.stranded, m.lostRaces, m.batches, m.duration, m.lag,
 		m.skippedTicks, m.decisions, m.databaseUp, m.adopted, m.reconciles, m.drift, m.locked,
+		m.wakeups, m.emptyWakeups, m.listenerUp,
 		m.dryRuns, m.lastSuccess, m.ready, m.waiting, m.due, m.oldestDue, m.buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, vec := range []struct {
@@ -167,10 +194,15 @@ func New() *Metrics {
 		{m.reconciles, reconcileOutcomes},
 		{m.drift, driftKinds},
 		{m.adopted, adoptionPasses},
+		{m.wakeups, wakeReasons},
+		{m.emptyWakeups, emptyWakeReasons},
 	} {
 		for _, value := range vec.values {
 			vec.v.WithLabelValues(value)
 		}
+	}
+	for _, trigger := range lagTriggers {
+		m.lag.WithLabelValues(trigger)
 	}
 	build := buildinfo.Get()
 	m.buildInfo.WithLabelValues(build.Version, build.Revision, build.GoVersion).Set(1)
@@ -198,9 +230,13 @@ func (m *Metrics) batchDone(res sweeper.BatchResult, err error) {
 	default:
 		m.batches.WithLabelValues("moved").Inc()
 	}
+	trigger := res.Trigger
+	if trigger == "" {
+		trigger = sweeper.TriggerManual
+	}
 	for _, mv := range res.Moved {
 		if !mv.DueAt.IsZero() {
-			m.lag.Observe(max(mv.MovedAt.Sub(mv.DueAt).Seconds(), 0))
+			m.lag.WithLabelValues(string(trigger)).Observe(max(mv.MovedAt.Sub(mv.DueAt).Seconds(), 0))
 		}
 	}
 }
@@ -209,7 +245,7 @@ func (m *Metrics) batchDone(res sweeper.BatchResult, err error) {
 // dry_runs_total: it moves nothing, so it says nothing about whether sweeps
 // work, and its duration would skew the sweeps' histogram.
 func (m *Metrics) sweepDone(sum sweeper.Summary, err error) {
-	if err == nil {
+	if err == nil && !sum.Trigger.Timed() { // timed sweeps do not count stranded steps
 		m.stranded.Set(float64(sum.Stranded))
 	}
 	if sum.DryRun {
@@ -300,3 +336,19 @@ func (d decisionCounter) Handle(ctx context.Context, f handling.Failure) (handli
 	}
 	return res, err
 }
+
+// Wake counts a scheduler wake-up (fits sweeper.SchedulerOptions.OnWake).
+func (m *Metrics) Wake(reason sweeper.Trigger) { m.wakeups.WithLabelValues(string(reason)).Inc() }
+
+// EmptyWake counts a timer wake-up that moved nothing (fits
+// sweeper.GateOptions.OnEmptyWake).
+func (m *Metrics) EmptyWake(reason sweeper.Trigger) {
+	m.emptyWakeups.WithLabelValues(string(reason)).Inc()
+}
+
+// ListenerUp records the state of the park listener's connection.
+func (m *Metrics) ListenerUp(up bool) { m.listenerUp.Set(boolGauge(up)) }
+
+// Adopted counts the steps the daemon's adoption loop adopted (fits
+// sweeper.AdoptionOptions.OnAdopted), as steps_adopted_total{pass="poll"}.
+func (m *Metrics) Adopted(n int) { m.adopted.WithLabelValues("poll").Add(float64(n)) }

@@ -55,7 +55,7 @@ func TestSweepHooksCountOutcomes(t *testing.T) {
 	m := New()
 	hooks := m.SweepHooks()
 	now := time.Now()
-	hooks.BatchDone(sweeper.BatchResult{Claimed: 2, Moved: []sweeper.Moved{
+	hooks.BatchDone(sweeper.BatchResult{Claimed: 2, Trigger: sweeper.TriggerTimer, Moved: []sweeper.Moved{
 		{DueAt: now.Add(-2 * time.Second), MovedAt: now}, {DueAt: now.Add(time.Second), MovedAt: now},
 	}}, nil)
 	hooks.BatchDone(sweeper.BatchResult{}, nil)
@@ -65,13 +65,16 @@ func TestSweepHooksCountOutcomes(t *testing.T) {
 	hooks.SweepDone(sweeper.Summary{DryRun: true, Transitioned: 9, Stranded: 6}, nil)
 	hooks.SweepDone(sweeper.Summary{Transitioned: 1}, errors.New("batch failed"))
 	hooks.SweepDone(sweeper.Summary{}, context.Canceled)
+	// A timed sweep does not count stranded steps: the gauge keeps its value.
+	hooks.SweepDone(sweeper.Summary{Trigger: sweeper.TriggerNotify}, nil)
 
 	for _, outcome := range []string{"moved", "empty", "failed", "interrupted"} {
 		require.Equal(t, 1.0, counterValue(t, m.batches.WithLabelValues(outcome)), outcome)
 	}
-	for _, outcome := range []string{"success", "failure", "interrupted"} {
+	for _, outcome := range []string{"failure", "interrupted"} {
 		require.Equal(t, 1.0, counterValue(t, m.sweeps.WithLabelValues(outcome)), outcome)
 	}
+	require.Equal(t, 2.0, counterValue(t, m.sweeps.WithLabelValues("success")), "the timed sweep is a success too")
 	require.Equal(t, 1.0, counterValue(t, m.dryRuns), "a dry run is counted apart")
 	families, err := m.registry.Gather()
 	require.NoError(t, err)
@@ -80,7 +83,7 @@ func TestSweepHooksCountOutcomes(t *testing.T) {
 			require.Len(t, f.GetMetric(), 3, "outcomes are success, failure, interrupted: no dry_run")
 		}
 		if f.GetName() == "tasker_sweeper_sweep_duration_seconds" {
-			require.Equal(t, uint64(3), f.GetMetric()[0].GetHistogram().GetSampleCount(), "dry runs are not timed with the sweeps")
+			require.Equal(t, uint64(4), f.GetMetric()[0].GetHistogram().GetSampleCount(), "dry runs are not timed with the sweeps")
 		}
 	}
 	require.Equal(t, 3.0, counterValue(t, m.transitioned), "a dry run moves nothing")
@@ -91,9 +94,31 @@ func TestSweepHooksCountOutcomes(t *testing.T) {
 	require.NoError(t, m.stranded.Write(&g))
 	require.Equal(t, 6.0, g.GetGauge().GetValue(), "the last successful sweep's count; failed ones do not reset it")
 	var h dto.Metric
-	require.NoError(t, m.lag.Write(&h))
-	require.Equal(t, uint64(2), h.GetHistogram().GetSampleCount())
+	require.NoError(t, m.lag.WithLabelValues("timer").(prometheus.Metric).Write(&h))
+	require.Equal(t, uint64(2), h.GetHistogram().GetSampleCount(), "labelled by the batch's trigger")
 	require.InDelta(t, 2.0, h.GetHistogram().GetSampleSum(), 0.01, "a step moved before its due time counts as 0")
+	var manual dto.Metric
+	require.NoError(t, m.lag.WithLabelValues("manual").(prometheus.Metric).Write(&manual))
+	require.Zero(t, manual.GetHistogram().GetSampleCount())
+}
+
+func TestWakeAndListenerMetrics(t *testing.T) {
+	t.Parallel()
+	m := New()
+	m.Wake(sweeper.TriggerCron)
+	m.Wake(sweeper.TriggerNotify)
+	m.Wake(sweeper.TriggerNotify)
+	m.EmptyWake(sweeper.TriggerNotify)
+	m.Adopted(3)
+	m.ListenerUp(true)
+	m.ListenerUp(false)
+	require.Equal(t, 1.0, counterValue(t, m.wakeups.WithLabelValues("cron")))
+	require.Equal(t, 2.0, counterValue(t, m.wakeups.WithLabelValues("notify")))
+	require.Equal(t, 1.0, counterValue(t, m.emptyWakeups.WithLabelValues("notify")))
+	require.Equal(t, 3.0, counterValue(t, m.adopted.WithLabelValues("poll")))
+	var g dto.Metric
+	require.NoError(t, m.listenerUp.Write(&g))
+	require.Equal(t, 0.0, g.GetGauge().GetValue())
 }
 
 type stubHandler struct {
@@ -173,6 +198,20 @@ func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 		`tasker_sweeper_schedule_drift_total{kind="retimed_later"} 0`,
 		`tasker_sweeper_schedule_drift_total{kind="restranded"} 0`,
 		`tasker_sweeper_steps_adopted_total{pass="sweep"} 0`,
+		`tasker_sweeper_steps_adopted_total{pass="poll"} 0`,
+		`tasker_sweeper_wakeups_total{reason="cron"} 0`,
+		`tasker_sweeper_wakeups_total{reason="timer"} 0`,
+		`tasker_sweeper_wakeups_total{reason="notify"} 0`,
+		`tasker_sweeper_wakeups_total{reason="adoption"} 0`,
+		`tasker_sweeper_empty_wakeups_total{reason="timer"} 0`,
+		`tasker_sweeper_empty_wakeups_total{reason="notify"} 0`,
+		`tasker_sweeper_empty_wakeups_total{reason="adoption"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="timer"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="notify"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="adoption"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="cron"} 0`,
+		`tasker_sweeper_due_to_pending_lag_seconds_count{trigger="manual"} 0`,
+		`tasker_sweeper_listener_up 0`,
 		`tasker_sweeper_last_success_timestamp_seconds 0`,
 		`tasker_sweeper_waiting_steps 0`,
 		`tasker_sweeper_due_steps 0`,
@@ -191,8 +230,20 @@ func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 	_, err := m.CountDecisions(stubHandler{res: handling.Result{Action: handling.ActionNoActionTaken}}).
 		Handle(t.Context(), handling.Failure{})
 	require.NoError(t, err)
+	m.Wake(sweeper.TriggerTimer)
+	m.EmptyWake(sweeper.TriggerTimer)
+	m.ListenerUp(true)
+	m.Adopted(1)
 	body = scrape(t, m)
-	require.Contains(t, body, `tasker_sweeper_handler_decisions_total{action="NoActionTaken",category=""} 1`)
+	for _, series := range []string{
+		`tasker_sweeper_handler_decisions_total{action="NoActionTaken",category=""} 1`,
+		`tasker_sweeper_wakeups_total{reason="timer"} 1`,
+		`tasker_sweeper_empty_wakeups_total{reason="timer"} 1`,
+		`tasker_sweeper_listener_up 1`,
+		`tasker_sweeper_steps_adopted_total{pass="poll"} 1`,
+	} {
+		require.Contains(t, body, series)
+	}
 	var families []string
 	for line := range strings.Lines(body) {
 		if name, ok := strings.CutPrefix(line, "# TYPE tasker_sweeper_"); ok {
@@ -201,7 +252,7 @@ func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 	}
 	slices.Sort(families)
 	want := readmeMetrics(t)
-	require.Len(t, want, 21, "README's Metrics table lists every family once: %v", want)
+	require.Len(t, want, 24, "README's Metrics table lists every family once: %v", want)
 	require.Equal(t, want, families, "exactly the README's metrics")
 }
 

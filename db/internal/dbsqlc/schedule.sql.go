@@ -157,11 +157,31 @@ WITH locked AS (
       AND step.backoff_request_seconds IS NOT NULL
     ON CONFLICT (workflow_step_uuid)
     DO UPDATE SET due_at = excluded.due_at, stranded = false, updated_at = now()
+    RETURNING workflow_step_uuid, due_at
+), woken AS (
+    -- Every daemon LISTENs on tasker_sweeper_parked and arms its timer for
+    -- the due time in the payload (RFC 3339, UTC, microseconds). Sent in
+    -- this statement's transaction, so it is delivered only if the park
+    -- commits. Not sent when another row falls due at least a second from
+    -- now and no later than this one: every daemon's timer is armed for that
+    -- one or earlier, and its look at the schedule after that sweep finds
+    -- this row (committed long before). A steady stream of parks then sends
+    -- almost none, which matters: PostgreSQL queues notifications in commit
+    -- order under one lock, so transactions that notify commit one at a time.
+    SELECT pg_notify('tasker_sweeper_parked', to_char(parked.due_at, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+    FROM parked
+    WHERE isfinite(parked.due_at)
+      AND coalesce((SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
+                    WHERE s.due_at > now() + interval '1 second'
+                      AND s.workflow_step_uuid <> parked.workflow_step_uuid),
+                   'infinity'::timestamp) > parked.due_at
 )
 SELECT
     -- now(): the last_attempted_at just written, when there was one.
     now()::timestamp AS written_at,
-    EXISTS (SELECT 1 FROM appended) AS written
+    EXISTS (SELECT 1 FROM appended) AS written,
+    -- Referencing woken is what runs it (a plain CTE nobody reads is skipped).
+    (SELECT count(*) FROM woken)::bigint AS notified
 FROM locked
 `
 
@@ -177,6 +197,7 @@ type FailureApplyScheduledParams struct {
 type FailureApplyScheduledRow struct {
 	WrittenAt time.Time
 	Written   bool
+	Notified  int64
 }
 
 // The inline handler's whole write on the schedule path, as one statement (so
@@ -201,12 +222,14 @@ func (q *Queries) FailureApplyScheduled(ctx context.Context, arg FailureApplySch
 		arg.Metadata,
 	)
 	var i FailureApplyScheduledRow
-	err := row.Scan(&i.WrittenAt, &i.Written)
+	err := row.Scan(&i.WrittenAt, &i.Written, &i.Notified)
 	return i, err
 }
 
 const scheduleAdopt = `-- name: ScheduleAdopt :one
-WITH adopted AS (
+WITH mark AS MATERIALIZED (
+    SELECT a.watermark FROM tasker_sweeper.adoption a WHERE a.id = 1
+), adopted AS (
     INSERT INTO tasker_sweeper.retry_schedule (workflow_step_uuid, due_at, stranded, updated_at)
     SELECT
         cur.workflow_step_uuid,
@@ -225,46 +248,67 @@ WITH adopted AS (
     WHERE cur.most_recent
       AND cur.to_state = 'waiting_for_retry'
       AND (cur.metadata ->> 'sweeper_scheduled') IS NULL
-      AND cur.created_at >= $2::timestamp
+      AND cur.created_at >= (SELECT m.watermark FROM mark m) - make_interval(secs => $2::float8)
     -- Steps already scheduled are skipped by the primary key, one index
     -- probe each. (A NOT EXISTS here let the planner, trusting the empty
     -- table's statistics, rescan the growing schedule for every row.)
     ON CONFLICT (workflow_step_uuid) DO NOTHING
-    RETURNING 1
+    RETURNING due_at
 )
 SELECT
     count(*)::bigint AS adopted,
+    -- The earliest due time among the adopted rows, for the timer gate: a
+    -- -infinity (always past) is now, an infinity (never) is left out.
+    -- (now() when nothing finite was adopted).
+    coalesce(min(CASE WHEN isfinite(due_at) THEN due_at
+                      WHEN due_at < 'infinity'::timestamp THEN now()::timestamp END),
+             now())::timestamp AS earliest_due,
     now()::timestamp AS scanned_at,
     coalesce(
         (SELECT min(a.xact_start) FROM pg_catalog.pg_stat_activity a
          WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()
            AND a.xact_start IS NOT NULL AND a.backend_type = 'client backend'),
-        now())::timestamp AS oldest_xact_start
+        now())::timestamp AS oldest_xact_start,
+    NOT EXISTS (SELECT 1 FROM mark m WHERE m.watermark IS NOT NULL) AS watermark_missing,
+    coalesce((SELECT m.watermark FROM mark m), now())::timestamp AS watermark
 FROM adopted
 `
 
 type ScheduleAdoptParams struct {
-	Now   *time.Time
-	Since time.Time
+	Now           *time.Time
+	MarginSeconds float64
 }
 
 type ScheduleAdoptRow struct {
-	Adopted         int64
-	ScannedAt       time.Time
-	OldestXactStart time.Time
+	Adopted          int64
+	EarliestDue      time.Time
+	ScannedAt        time.Time
+	OldestXactStart  time.Time
+	WatermarkMissing bool
+	Watermark        time.Time
 }
 
 // Adopts waiting_for_retry steps that other writers parked (the
 // orchestrator's own error handling, steps parked before the sweeper was
-// installed): every current waiting row created at or after @since that has
-// no schedule row gets one, at its real due time. The partial index
+// installed): every current waiting row created since @margin_seconds
+// before the watermark that has no schedule row gets one, at its real due
+// time. The watermark is read by the same statement, one round trip a pass.
+// watermark_missing says there is none yet (a new database: nothing was
+// adopted, and the caller reconciles instead). The partial index
 // tasker_sweeper_waiting_unscheduled makes this proportional to the window;
 // rows the inline handler scheduled itself are not in it.
 // oldest_xact_start bounds the next watermark (see rule.sql.tmpl).
 func (q *Queries) ScheduleAdopt(ctx context.Context, arg ScheduleAdoptParams) (ScheduleAdoptRow, error) {
-	row := q.db.QueryRow(ctx, scheduleAdopt, arg.Now, arg.Since)
+	row := q.db.QueryRow(ctx, scheduleAdopt, arg.Now, arg.MarginSeconds)
 	var i ScheduleAdoptRow
-	err := row.Scan(&i.Adopted, &i.ScannedAt, &i.OldestXactStart)
+	err := row.Scan(
+		&i.Adopted,
+		&i.EarliestDue,
+		&i.ScannedAt,
+		&i.OldestXactStart,
+		&i.WatermarkMissing,
+		&i.Watermark,
+	)
 	return i, err
 }
 
@@ -275,6 +319,7 @@ WITH candidates AS MATERIALIZED (
     WHERE s.due_at <= coalesce($1::timestamptz, now())
     ORDER BY s.due_at
     LIMIT $3
+    FOR UPDATE OF s SKIP LOCKED
 )
 SELECT
     ws.workflow_step_uuid,
@@ -334,18 +379,17 @@ type ScheduleClaimDueRow struct {
 // SweepClaimDue driven by the schedule: candidates come from the due_at
 // index in due order, so the cost follows the number of due steps, not the
 // size of the tables. The candidates (the @window_limit earliest overdue
-// rows) are picked first, by the due_at index alone, so the plan stays a
-// handful of index probes per step whatever the statistics say (a burst of
-// adopted rows looks like an empty table; the rule's filters look
-// selective). The full due rule is then re-checked against the tasker
-// tables (the schedule is only a hint), and the step row and its current
-// transition are locked, skipping rows others hold (another batch, the
+// rows no other batch holds) are picked first, by the due_at index alone,
+// so the plan stays a handful of index probes per step whatever the
+// statistics say (a burst of adopted rows looks like an empty table; the
+// rule's filters look selective); holding their schedule rows gives
+// concurrent batches disjoint windows. The full due rule is then re-checked
+// against the tasker tables (the schedule is only a hint), and the step row
+// and its current transition are locked, skipping rows others hold (the
 // orchestrator working on a step). Those locks are taken below the batch's
-// LIMIT, so only the claimed steps are locked and a held step never uses up
-// a place in the batch; when the window is full of steps the batch cannot
-// take, the sweep asks again with a larger window (ScheduleWindowFull), so
-// held steps never end a sweep. Schedule rows are not locked here: rows are
-// hints, and ScheduleForget skips a row another transaction is rewriting.
+// LIMIT, so a held step never uses up a place in the batch; when the window
+// is full of steps the batch cannot take, the sweep asks again with a larger
+// window (ScheduleWindowFull), so held steps never end a sweep.
 func (q *Queries) ScheduleClaimDue(ctx context.Context, arg ScheduleClaimDueParams) ([]ScheduleClaimDueRow, error) {
 	rows, err := q.db.Query(ctx, scheduleClaimDue, arg.Now, arg.BatchLimit, arg.WindowLimit)
 	if err != nil {
@@ -451,6 +495,108 @@ func (q *Queries) SchedulePresent(ctx context.Context) (bool, error) {
 	var present bool
 	err := row.Scan(&present)
 	return present, err
+}
+
+const scheduleProbe = `-- name: ScheduleProbe :one
+WITH c AS MATERIALIZED (
+    SELECT
+        coalesce($3::timestamptz, now())::timestamp AS db_now,
+        least(coalesce($4::timestamp, coalesce($3::timestamptz, now())::timestamp),
+              coalesce($3::timestamptz, now())::timestamp) AS horizon
+), q AS MATERIALIZED (
+    SELECT
+        c.db_now,
+        (SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
+         WHERE s.due_at >= coalesce($5::timestamp + interval '1 microsecond', '-infinity'::timestamp)) AS earliest,
+        ($5::timestamp IS NOT NULL
+         AND coalesce((SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s), 'infinity'::timestamp)
+             <= least($5::timestamp, c.horizon)) AS leftover,
+        (SELECT min(s.due_at) FROM tasker_sweeper.retry_schedule s
+         WHERE s.due_at > c.horizon AND s.due_at < 'infinity'::timestamp) AS next_due,
+        c.horizon
+    FROM c
+), p AS MATERIALIZED (
+    SELECT q.db_now, q.earliest, q.leftover, q.next_due, q.horizon, coalesce(q.earliest, 'infinity'::timestamp) <= q.horizon AS due_now FROM q
+)
+SELECT
+    p.db_now,
+    p.due_now,
+    -- The earliest due time after @after: db_now when there is none, a day
+    -- before it for -infinity (long past).
+    coalesce(CASE WHEN isfinite(p.earliest) THEN p.earliest END,
+             CASE WHEN p.earliest < p.db_now THEN p.db_now - interval '1 day' END,
+             p.db_now)::timestamp AS earliest_due,
+    coalesce(p.leftover, false)::boolean AS leftover,
+    (p.next_due IS NOT NULL)::boolean AS has_next,
+    coalesce(p.next_due, p.db_now)::timestamp AS next_due,
+    (CASE WHEN $1::boolean AND p.due_now
+          THEN pg_try_advisory_lock(hashtext('tasker_sweeper.timer'), 0)
+          ELSE false END)::boolean AS leased,
+    (CASE WHEN $2::boolean
+          THEN pg_advisory_unlock(hashtext('tasker_sweeper.timer'), 0)
+          ELSE false END)::boolean AS released
+FROM p
+`
+
+type ScheduleProbeParams struct {
+	TakeLease bool
+	DropLease bool
+	Now       *time.Time
+	Until     *time.Time
+	After     *time.Time
+}
+
+type ScheduleProbeRow struct {
+	DbNow       time.Time
+	DueNow      bool
+	EarliestDue time.Time
+	Leftover    bool
+	HasNext     bool
+	NextDue     time.Time
+	Leased      bool
+	Released    bool
+}
+
+// The timer gate's one look at the schedule, after each sweep and at each
+// timer wake-up: two probes of the due_at index up to a horizon, now() or
+// the earlier @until (the wake-up's own time, so that every replica waking
+// for it looks at the same rows). due_now says some row's time came after
+// @after (NULL: ever) and by the horizon: rows due at or before @after were
+// due when this process last looked, and what is left of them could not
+// move (locked, blocked) and is the cron sweeps' to retry; leftover says
+// some are left (the timed sweep then re-evaluates them). next_due is the
+// earliest due time after the horizon (infinity never comes; has_next false
+// and next_due = db_now when there is none). With @take_lease, when
+// something is due, it also tries to take the replicas' timer lease (a
+// session advisory lock): the replica holding it sweeps what is due, the
+// others leave it alone (unless earliest_due shows the holder has stalled).
+// @drop_lease gives it back (the same session).
+// Each part is a min() over the due_at index, which PostgreSQL reads as one
+// index probe whatever the table's statistics say (an EXISTS on a table
+// analysed while empty is planned as a sequential scan). "After @after" is
+// ">= @after + 1 µs" (the timestamps' resolution), so that without @after
+// the lower bound is -infinity, inclusive. MATERIALIZED: each part runs
+// once, and the lease is tried last.
+func (q *Queries) ScheduleProbe(ctx context.Context, arg ScheduleProbeParams) (ScheduleProbeRow, error) {
+	row := q.db.QueryRow(ctx, scheduleProbe,
+		arg.TakeLease,
+		arg.DropLease,
+		arg.Now,
+		arg.Until,
+		arg.After,
+	)
+	var i ScheduleProbeRow
+	err := row.Scan(
+		&i.DbNow,
+		&i.DueNow,
+		&i.EarliestDue,
+		&i.Leftover,
+		&i.HasNext,
+		&i.NextDue,
+		&i.Leased,
+		&i.Released,
+	)
+	return i, err
 }
 
 const scheduleReconcile = `-- name: ScheduleReconcile :one
