@@ -542,11 +542,11 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 	)
 	g := new(errgroup.Group)
 	g.SetLimit(s.cfg.Workers)
-	// The candidate window starts at twice the batch and doubles whenever a
+	// The candidate window starts at the batch size and doubles whenever a
 	// short batch's window was full of rows it could not take (locked by
 	// the orchestrator, say), so locked rows never end a sweep.
 	var window atomic.Int64
-	window.Store(int64(2 * s.cfg.BatchSize))
+	window.Store(int64(s.cfg.BatchSize))
 	// The first batch runs alone (an idle sweep costs one transaction, and
 	// workers start only when there is a backlog), and so does a last one
 	// after batches ran side by side: each holds its window's schedule rows
