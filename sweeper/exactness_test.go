@@ -224,9 +224,9 @@ func TestReconcileCorrectsInPlaceEdits(t *testing.T) {
 	t.Parallel()
 	pool, sw := afterFirstSweep(t)
 	ctx := context.Background()
-	task := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 6})
-	shortened, earlier, stranded, notRetryable, untouched, movedAway := task.Steps[0], task.Steps[1],
-		task.Steps[2], task.Steps[3], task.Steps[4], task.Steps[5]
+	task := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 7})
+	shortened, earlier, stranded, notRetryable, untouched, movedAway, lengthened := task.Steps[0], task.Steps[1],
+		task.Steps[2], task.Steps[3], task.Steps[4], task.Steps[5], task.Steps[6]
 	for _, s := range task.Steps {
 		parkNotDue(t, pool, s) // attempts 1, 600 s backoff from a second ago
 	}
@@ -245,6 +245,7 @@ func TestReconcileCorrectsInPlaceEdits(t *testing.T) {
 	testdb.SetColumns(t, pool, earlier, testdb.StepColumns{LastAttemptedAgo: testdb.Ptr(time.Hour)})
 	testdb.SetColumns(t, pool, stranded, testdb.StepColumns{MaxAttempts: testdb.Ptr[int32](5)})
 	testdb.SetColumns(t, pool, notRetryable, testdb.StepColumns{Retryable: testdb.Ptr(true)})
+	testdb.SetColumns(t, pool, lengthened, testdb.StepColumns{BackoffRequestSeconds: testdb.Ptr[int32](3600)})
 	_, err = db.NewStore(pool).WriteTransition(ctx, db.Transition{
 		StepUUID: movedAway, From: statemachine.WaitingForRetry, Event: statemachine.Event{Type: statemachine.EventCancel},
 	})
@@ -261,8 +262,14 @@ func TestReconcileCorrectsInPlaceEdits(t *testing.T) {
 	require.EqualValues(t, 2, rec.Restranded, "the stranded and the not-retryable step are eligible again")
 	require.EqualValues(t, 1, rec.Orphaned, "the cancelled step's row")
 	require.Zero(t, rec.Missing)
-	require.Zero(t, rec.RetimedLater)
-	require.EqualValues(t, 5, rec.Waiting)
+	require.EqualValues(t, 1, rec.RetimedLater, "the lengthened backoff")
+	require.EqualValues(t, 6, rec.Waiting)
+	var realDue time.Time
+	require.NoError(t, pool.QueryRow(ctx, `SELECT last_attempted_at + backoff_request_seconds * interval '1 second'
+		FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`, lengthened).Scan(&realDue))
+	row, ok := scheduleOf(t, pool, lengthened)
+	require.True(t, ok)
+	require.Equal(t, realDue, row.DueAt, "retimed to the real, later due time")
 
 	ready := readinessOf(t, pool, []uuid.UUID{task.TaskUUID})
 	sum, err = sw.RunOnce(ctx, false)
@@ -274,6 +281,7 @@ func TestReconcileCorrectsInPlaceEdits(t *testing.T) {
 		require.Equal(t, "pending", states[s])
 	}
 	require.Equal(t, "waiting_for_retry", states[untouched])
+	require.Equal(t, "waiting_for_retry", states[lengthened])
 
 	again, err := sw.Reconcile(ctx, 0)
 	require.NoError(t, err)

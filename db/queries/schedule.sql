@@ -114,14 +114,9 @@ WHERE s.due_at <= coalesce(sqlc.narg('now')::timestamptz, now())
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce(sqlc.narg('now')::timestamptz, now()), true);
 
 -- name: ScheduleForget :exec
--- Drops the schedule rows of steps a batch moved to pending. A row another
--- transaction holds (a reconcile pass rewriting it) is skipped, never waited
--- for: the next re-evaluation drops it, its step being no longer waiting.
-DELETE FROM tasker_sweeper.retry_schedule
-WHERE workflow_step_uuid IN (
-    SELECT f.workflow_step_uuid FROM tasker_sweeper.retry_schedule f
-    WHERE f.workflow_step_uuid = ANY(@step_uuids::uuid[])
-    FOR UPDATE SKIP LOCKED);
+-- Drops the schedule rows of steps a batch moved to pending (the claim holds
+-- them).
+DELETE FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = ANY(@step_uuids::uuid[]);
 
 -- name: FailureApplyScheduled :one
 -- The inline handler's whole write on the schedule path, as one statement (so

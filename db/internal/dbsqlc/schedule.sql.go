@@ -448,16 +448,11 @@ func (q *Queries) ScheduleCountDueLeft(ctx context.Context, now *time.Time) (int
 }
 
 const scheduleForget = `-- name: ScheduleForget :exec
-DELETE FROM tasker_sweeper.retry_schedule
-WHERE workflow_step_uuid IN (
-    SELECT f.workflow_step_uuid FROM tasker_sweeper.retry_schedule f
-    WHERE f.workflow_step_uuid = ANY($1::uuid[])
-    FOR UPDATE SKIP LOCKED)
+DELETE FROM tasker_sweeper.retry_schedule WHERE workflow_step_uuid = ANY($1::uuid[])
 `
 
-// Drops the schedule rows of steps a batch moved to pending. A row another
-// transaction holds (a reconcile pass rewriting it) is skipped, never waited
-// for: the next re-evaluation drops it, its step being no longer waiting.
+// Drops the schedule rows of steps a batch moved to pending (the claim holds
+// them).
 func (q *Queries) ScheduleForget(ctx context.Context, stepUuids []uuid.UUID) error {
 	_, err := q.db.Exec(ctx, scheduleForget, stepUuids)
 	return err
