@@ -21,8 +21,10 @@ func TestCountDueLeftAppliesTheWholeRule(t *testing.T) {
 	testdb.BothPaths(t, func(t *testing.T, objects testdb.Objects) {
 		pool := testdb.NewFor(t, objects)
 		ctx := context.Background()
-		expired := testdb.StepColumns{Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour),
-			BackoffRequestSeconds: testdb.Ptr[int32](1)}
+		expired := testdb.StepColumns{
+			Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour),
+			BackoffRequestSeconds: testdb.Ptr[int32](1),
+		}
 		park := func(cols ...testdb.StepColumns) {
 			step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 			testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
@@ -31,7 +33,7 @@ func TestCountDueLeftAppliesTheWholeRule(t *testing.T) {
 				testdb.SetColumns(t, pool, step, c)
 			}
 		}
-		park() // due
+		park()                                                                                      // due
 		park(testdb.StepColumns{Attempts: testdb.Ptr[int32](3), MaxAttempts: testdb.Ptr[int32](3)}) // stranded
 		park(testdb.StepColumns{Processed: testdb.Ptr(true)})
 		park(testdb.StepColumns{InProcess: testdb.Ptr(true)})
