@@ -321,10 +321,13 @@ WITH candidates AS MATERIALIZED (
     LIMIT $3
     FOR UPDATE OF s SKIP LOCKED
 )
-SELECT
-    ws.workflow_step_uuid,
-    ws.task_uuid,
-    coalesce(
+SELECT m.workflow_step_uuid, m.task_uuid, m.due_at
+FROM candidates c
+CROSS JOIN LATERAL (
+    SELECT
+        ws.workflow_step_uuid,
+        ws.task_uuid,
+        coalesce(
         CASE WHEN isfinite(coalesce(
         ws.last_attempted_at + ws.backoff_request_seconds * interval '1 second',
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
@@ -337,12 +340,12 @@ SELECT
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) END,
         CASE WHEN isfinite(cur.created_at) THEN cur.created_at END,
         coalesce($1::timestamptz, now())::timestamp)::timestamp AS due_at
-FROM candidates c
-JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = c.workflow_step_uuid
-JOIN tasker.workflow_step_transitions cur
-    ON cur.workflow_step_uuid = c.workflow_step_uuid AND cur.most_recent
-WHERE cur.to_state = 'waiting_for_retry'
-  AND (NOT ws.processed
+    FROM tasker.workflow_steps ws
+    JOIN tasker.workflow_step_transitions cur
+        ON cur.workflow_step_uuid = ws.workflow_step_uuid AND cur.most_recent
+    WHERE ws.workflow_step_uuid = c.workflow_step_uuid
+      AND cur.to_state = 'waiting_for_retry'
+      AND (NOT ws.processed
        AND NOT ws.in_process
        AND NOT coalesce((
         SELECT true
@@ -359,9 +362,10 @@ WHERE cur.to_state = 'waiting_for_retry'
         (SELECT max(e.created_at) FROM tasker.workflow_step_transitions e
          WHERE e.workflow_step_uuid = ws.workflow_step_uuid AND e.to_state = 'error')
         + least(power(2, least(coalesce(ws.attempts, 1), 6)) * interval '1 second', interval '60 seconds')) <= coalesce($1::timestamptz, now()), true)
+    FOR UPDATE OF ws, cur SKIP LOCKED
+) m
 ORDER BY c.due_at
 LIMIT $2
-FOR UPDATE OF ws, cur SKIP LOCKED
 `
 
 type ScheduleClaimDueParams struct {
@@ -379,17 +383,20 @@ type ScheduleClaimDueRow struct {
 // SweepClaimDue driven by the schedule: candidates come from the due_at
 // index in due order, so the cost follows the number of due steps, not the
 // size of the tables. The candidates (the @window_limit earliest overdue
-// rows no other batch holds) are picked first, by the due_at index alone,
-// so the plan stays a handful of index probes per step whatever the
-// statistics say (a burst of adopted rows looks like an empty table; the
-// rule's filters look selective); holding their schedule rows gives
-// concurrent batches disjoint windows. The full due rule is then re-checked
-// against the tasker tables (the schedule is only a hint), and the step row
-// and its current transition are locked, skipping rows others hold (the
-// orchestrator working on a step). Those locks are taken below the batch's
-// LIMIT, so a held step never uses up a place in the batch; when the window
-// is full of steps the batch cannot take, the sweep asks again with a larger
-// window (ScheduleWindowFull), so held steps never end a sweep.
+// rows no other batch holds) are picked first, by the due_at index alone;
+// holding their schedule rows gives concurrent batches disjoint windows.
+// Each candidate is then looked up on its own (the LATERAL subquery): its
+// step row and current transition by their unique indexes, the full due
+// rule re-checked against the tasker tables (the schedule is only a hint),
+// and both rows locked, skipping rows others hold (the orchestrator working
+// on a step). The per-candidate form is what keeps the plan a handful of
+// index probes per step whatever the statistics say: as a plain join, a
+// burst of parks the statistics have not seen made the planner hash the
+// candidates against every current transition, a cost that follows the
+// waiting steps. Only rows that pass the rule are locked, and a held step
+// yields no row, so it never uses up a place in the batch; when the window
+// is full of steps the batch cannot take, the sweep asks again with a
+// larger window (ScheduleWindowFull), so held steps never end a sweep.
 func (q *Queries) ScheduleClaimDue(ctx context.Context, arg ScheduleClaimDueParams) ([]ScheduleClaimDueRow, error) {
 	rows, err := q.db.Query(ctx, scheduleClaimDue, arg.Now, arg.BatchLimit, arg.WindowLimit)
 	if err != nil {
