@@ -31,7 +31,7 @@ import (
 
 // defaultPackages are the tests a mutant runs unless its line names others,
 // in the order they run: the sweep's parity tests first, they kill most.
-var defaultPackages = []string{"./sweeper/...", "./db/...", "./handling/...", "./cmd/..."}
+var defaultPackages = []string{"./sweeper/...", "./db/...", "./handling/...", "./internal/admin/..."}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
