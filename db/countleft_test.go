@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
 	"github.com/tasker-sweeper/retrysweeper/db"
@@ -15,7 +16,8 @@ import (
 // CountDueLeft (what a sweep reports as skipped_locked) counts exactly the
 // steps the due rule calls due, whatever the schedule's rows say: a
 // stranded, a processed, an in-process, a blocked and a not-yet-due step
-// with overdue schedule rows are not counted; a due one is.
+// with overdue schedule rows are not counted; a due one is, and so is one
+// on its first attempt that is not retryable.
 func TestCountDueLeftAppliesTheWholeRule(t *testing.T) {
 	t.Parallel()
 	testdb.BothPaths(t, func(t *testing.T, objects testdb.Objects) {
@@ -34,6 +36,7 @@ func TestCountDueLeftAppliesTheWholeRule(t *testing.T) {
 			}
 		}
 		park()                                                                                      // due
+		park(testdb.StepColumns{Attempts: testdb.Ptr[int32](0), Retryable: testdb.Ptr(false)})      // due: a first attempt is eligible
 		park(testdb.StepColumns{Attempts: testdb.Ptr[int32](3), MaxAttempts: testdb.Ptr[int32](3)}) // stranded
 		park(testdb.StepColumns{Processed: testdb.Ptr(true)})
 		park(testdb.StepColumns{InProcess: testdb.Ptr(true)})
@@ -51,6 +54,42 @@ func TestCountDueLeftAppliesTheWholeRule(t *testing.T) {
 		}
 		left, err := db.NewStore(pool).CountDueLeft(ctx)
 		require.NoError(t, err)
-		require.EqualValues(t, 1, left)
+		require.EqualValues(t, 2, left)
+	})
+}
+
+// Stranded means waiting but not retry-eligible: attempts used up, or not
+// retryable after a first attempt. A step on its first attempt is eligible
+// whatever its retryable flag says, and one under its attempts is too.
+func TestStrandedIsWhatTheRuleCannotRetry(t *testing.T) {
+	t.Parallel()
+	testdb.BothPaths(t, func(t *testing.T, objects testdb.Objects) {
+		pool := testdb.NewFor(t, objects)
+		ctx := context.Background()
+		park := func(c testdb.StepColumns) uuid.UUID {
+			step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+			testdb.PlaceInState(t, pool, step, statemachine.WaitingForRetry, 0)
+			c.LastAttemptedAgo, c.BackoffRequestSeconds = testdb.Ptr(time.Hour), testdb.Ptr[int32](1)
+			testdb.SetColumns(t, pool, step, c)
+			return step
+		}
+		i32 := testdb.Ptr[int32]
+		usedUp := park(testdb.StepColumns{Attempts: i32(3), MaxAttempts: i32(3)})
+		notRetryable := park(testdb.StepColumns{Attempts: i32(1), Retryable: testdb.Ptr(false)})
+		park(testdb.StepColumns{Attempts: i32(0), Retryable: testdb.Ptr(false)}) // first attempt
+		park(testdb.StepColumns{Attempts: i32(2), NullMaxAttempts: true})        // tasker's default of 3
+		store := db.NewStore(pool)
+		if objects == testdb.WithSweeperObjects {
+			_, err := store.Reconcile(ctx, 0)
+			require.NoError(t, err)
+		}
+		count, sample, err := store.Stranded(ctx, 10)
+		require.NoError(t, err)
+		require.EqualValues(t, 2, count)
+		got := make([]uuid.UUID, 0, len(sample))
+		for _, s := range sample {
+			got = append(got, s.StepUUID)
+		}
+		require.ElementsMatch(t, []uuid.UUID{usedUp, notRetryable}, got)
 	})
 }

@@ -6,6 +6,7 @@ package sweeper_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -311,43 +312,69 @@ func TestClaimsSkipLockedRows(t *testing.T) {
 
 // Adoption schedules a waiting step at its real due time: the backoff when
 // both columns are set, otherwise when it was parked; a step that is not
-// retry-eligible is marked stranded.
+// retry-eligible is marked stranded, one on its first attempt is not, even
+// when it is not retryable. Both ways a row joins from the tables are
+// checked: the reconcile pass and the adoption pass.
 func TestAdoptionSchedulesAtTheRealDueTime(t *testing.T) {
 	t.Parallel()
-	pool := testdb.New(t)
-	ctx := context.Background()
-	i32 := testdb.Ptr[int32]
-	park := func(cols testdb.StepColumns) uuid.UUID {
-		step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
-		testdb.PlaceHistory(t, pool, step, toWaiting, 0)
-		testdb.SetColumns(t, pool, step, cols)
-		return step
-	}
-	backoff := park(testdb.StepColumns{Attempts: i32(1), LastAttemptedAgo: testdb.Ptr(10 * time.Second), BackoffRequestSeconds: i32(600)})
-	expired := park(testdb.StepColumns{Attempts: i32(1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
-	noBackoff := park(testdb.StepColumns{Attempts: i32(1)})
-	stranded := park(testdb.StepColumns{Attempts: i32(3), MaxAttempts: i32(3), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
-	// Waited once, retried, running again: not waiting, not adopted.
-	running := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
-	testdb.PlaceHistory(t, pool, running, append(testdb.History(statemachine.WaitingForRetry),
-		statemachine.Pending, statemachine.Enqueued, statemachine.InProgress), 0)
+	for _, pass := range []string{"reconcile", "adoption"} {
+		t.Run(pass, func(t *testing.T) {
+			t.Parallel()
+			pool := testdb.New(t)
+			ctx := context.Background()
+			store := db.NewStore(pool)
+			if pass == "adoption" {
+				// The first pass on a new database reconciles and sets the
+				// watermark; the steps below are parked after it.
+				_, err := store.Adopt(ctx)
+				require.NoError(t, err)
+			}
+			i32 := testdb.Ptr[int32]
+			park := func(cols testdb.StepColumns) uuid.UUID {
+				step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+				testdb.PlaceHistory(t, pool, step, toWaiting, 0)
+				testdb.SetColumns(t, pool, step, cols)
+				return step
+			}
+			backoff := park(testdb.StepColumns{Attempts: i32(1), LastAttemptedAgo: testdb.Ptr(10 * time.Second), BackoffRequestSeconds: i32(600)})
+			expired := park(testdb.StepColumns{Attempts: i32(1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
+			noBackoff := park(testdb.StepColumns{Attempts: i32(1)})
+			stranded := park(testdb.StepColumns{Attempts: i32(3), MaxAttempts: i32(3), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
+			firstAttempt := park(testdb.StepColumns{Attempts: i32(0), Retryable: testdb.Ptr(false), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
+			// Waited once, retried, running again: not waiting, not adopted.
+			running := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+			testdb.PlaceHistory(t, pool, running, append(testdb.History(statemachine.WaitingForRetry),
+				statemachine.Pending, statemachine.Enqueued, statemachine.InProgress), 0)
 
-	adopted, err := db.NewStore(pool).Reconcile(ctx, 0)
-	require.NoError(t, err)
-	require.EqualValues(t, 4, adopted.Missing)
-	_, ok := scheduleOf(t, pool, running)
-	require.False(t, ok, "only a current waiting_for_retry row is adopted")
-	for step, want := range map[uuid.UUID]string{
-		backoff:   `SELECT last_attempted_at + backoff_request_seconds * interval '1 second', false FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`,
-		expired:   `SELECT last_attempted_at + backoff_request_seconds * interval '1 second', false FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`,
-		noBackoff: `SELECT created_at, false FROM tasker.workflow_step_transitions WHERE workflow_step_uuid = $1 AND most_recent`,
-		stranded:  `SELECT last_attempted_at + backoff_request_seconds * interval '1 second', true FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`,
-	} {
-		var wantRow scheduleRow
-		require.NoError(t, pool.QueryRow(ctx, want, step).Scan(&wantRow.DueAt, &wantRow.Stranded))
-		row, ok := scheduleOf(t, pool, step)
-		require.True(t, ok)
-		require.Equal(t, wantRow, row, want)
+			var joined int64
+			if pass == "adoption" {
+				adopted, err := store.Adopt(ctx)
+				require.NoError(t, err)
+				require.Nil(t, adopted.Reconciled, "an adoption pass, not a reconcile")
+				joined = int64(adopted.Adopted)
+			} else {
+				rec, err := store.Reconcile(ctx, 0)
+				require.NoError(t, err)
+				joined = rec.Missing
+			}
+			require.EqualValues(t, 5, joined)
+			_, ok := scheduleOf(t, pool, running)
+			require.False(t, ok, "only a current waiting_for_retry row is adopted")
+			dueAt := `SELECT last_attempted_at + backoff_request_seconds * interval '1 second', %s FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`
+			for step, want := range map[uuid.UUID]string{
+				backoff:      fmt.Sprintf(dueAt, "false"),
+				expired:      fmt.Sprintf(dueAt, "false"),
+				noBackoff:    `SELECT created_at, false FROM tasker.workflow_step_transitions WHERE workflow_step_uuid = $1 AND most_recent`,
+				stranded:     fmt.Sprintf(dueAt, "true"),
+				firstAttempt: fmt.Sprintf(dueAt, "false"),
+			} {
+				var wantRow scheduleRow
+				require.NoError(t, pool.QueryRow(ctx, want, step).Scan(&wantRow.DueAt, &wantRow.Stranded))
+				row, ok := scheduleOf(t, pool, step)
+				require.True(t, ok)
+				require.Equal(t, wantRow, row, want)
+			}
+		})
 	}
 }
 
@@ -397,6 +424,49 @@ func TestRescheduleJudgesParents(t *testing.T) {
 			}
 			require.Equal(t, [2]int{0, 1}, [2]int{res.Dropped, res.Deferred}, "dropped, deferred")
 			require.True(t, row.DueAt.After(time.Now().UTC().Add(20*time.Second)), "a blocked step is re-checked later")
+		})
+	}
+}
+
+// Re-evaluating stale schedule rows, a due step the orchestrator has
+// processed or is working on is blocked, so its row is re-checked later
+// instead of being walked past by every batch; the same step free again is
+// left for the claim.
+func TestRescheduleDefersBusySteps(t *testing.T) {
+	t.Parallel()
+	for name, cols := range map[string]testdb.StepColumns{
+		"processed":  {Processed: testdb.Ptr(true)},
+		"in process": {InProcess: testdb.Ptr(true)},
+		"free":       {},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			pool := testdb.New(t)
+			ctx := context.Background()
+			step := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
+			testdb.PlaceHistory(t, pool, step, toWaiting, 0)
+			testdb.SetColumns(t, pool, step, testdb.StepColumns{
+				Attempts: testdb.Ptr[int32](1), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: testdb.Ptr[int32](1),
+			})
+			testdb.SetColumns(t, pool, step, cols)
+			store := db.NewStore(pool)
+			_, err := store.Reconcile(ctx, 0) // past the first pass, which would reconcile the stale row
+			require.NoError(t, err)
+			staleSchedule(t, pool, []uuid.UUID{step})
+			before, _ := scheduleOf(t, pool, step)
+
+			res, err := store.Prepare(ctx)
+			require.NoError(t, err)
+			row, ok := scheduleOf(t, pool, step)
+			require.True(t, ok)
+			if cols == (testdb.StepColumns{}) {
+				require.Equal(t, [2]int{0, 0}, [2]int{res.Dropped, res.Deferred}, "dropped, deferred")
+				require.Equal(t, before, row, "a movable row is left for the claim")
+				return
+			}
+			require.Equal(t, [2]int{0, 1}, [2]int{res.Dropped, res.Deferred}, "dropped, deferred")
+			require.True(t, row.DueAt.After(time.Now().UTC().Add(20*time.Second)), "a busy step is re-checked later")
+			require.False(t, row.Stranded, "busy is not stranded")
 		})
 	}
 }
