@@ -1,8 +1,11 @@
 package handling
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"path"
@@ -120,6 +123,9 @@ func ParsePolicy(file string, content []byte) (*Policy, error) {
 			line = n.Line
 		}
 		return &PolicyError{Path: file, Line: line, Problem: fmt.Sprintf(format, args...)}
+	}
+	if err := jsonSyntax(file, content); err != nil {
+		return nil, err
 	}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(content, &doc); err != nil {
@@ -379,6 +385,24 @@ func scalarJitter(n *yaml.Node, fail failFunc) (*bool, *float64, error) {
 	}
 	on := f > 0
 	return &on, &f, nil
+}
+
+// jsonSyntax checks a JSON file's syntax with the JSON parser, whose errors
+// say where the problem is (YAML's name the line where the JSON object
+// starts); content that is not JSON passes.
+func jsonSyntax(file string, content []byte) error {
+	trimmed := bytes.TrimSpace(content)
+	if len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil
+	}
+	var v any
+	err := json.Unmarshal(content, &v)
+	var se *json.SyntaxError
+	if !errors.As(err, &se) {
+		return nil
+	}
+	line := 1 + bytes.Count(content[:min(int(se.Offset), len(content))], []byte("\n"))
+	return &PolicyError{Path: file, Line: line, Problem: "invalid JSON: " + se.Error()}
 }
 
 // yamlError turns a YAML syntax error into a *PolicyError with its line.
