@@ -150,8 +150,10 @@ func TestStrategyCapThenRoundUp(t *testing.T) {
 // above the cap nor below 0; a zero delay is not jittered.
 func TestStrategyJitter(t *testing.T) {
 	t.Parallel()
-	p := backoff.Policy{Strategy: backoff.StrategyLinear, Base: 10 * time.Second, Multiplier: 2, Max: 100 * time.Second,
-		Jitter: true, JitterFraction: 0.1}
+	p := backoff.Policy{
+		Strategy: backoff.StrategyLinear, Base: 10 * time.Second, Multiplier: 2, Max: 100 * time.Second,
+		Jitter: true, JitterFraction: 0.1,
+	}
 	low := p.Delay(5, fixedRand(0)) // 50 s − 5 s
 	require.Equal(t, 45*time.Second, low.Delay)
 	require.Equal(t, -5*time.Second, low.Jitter)
@@ -165,8 +167,10 @@ func TestStrategyJitter(t *testing.T) {
 		strategy := rapid.SampledFrom(backoff.Strategies).Draw(t, "strategy")
 		base := time.Duration(rapid.Int64Range(int64(100*time.Millisecond), int64(time.Hour)).Draw(t, "base"))
 		maxDelay := time.Duration(rapid.Int64Range(int64(time.Second), int64(time.Hour)).Draw(t, "max"))
-		p := backoff.Policy{Strategy: strategy, Base: base, Multiplier: 2, Max: maxDelay, Jitter: true,
-			JitterFraction: rapid.Float64Range(0, 1).Draw(t, "fraction")}
+		p := backoff.Policy{
+			Strategy: strategy, Base: base, Multiplier: 2, Max: maxDelay, Jitter: true,
+			JitterFraction: rapid.Float64Range(0, 1).Draw(t, "fraction"),
+		}
 		n := rapid.IntRange(-5, 1000).Draw(t, "n")
 		d := p.Delay(n, fixedRand(rapid.Float64Range(0, 0.9999).Draw(t, "r")))
 		if d.Delay < 0 || d.Delay > time.Duration(p.CapSeconds())*time.Second || d.Delay%time.Second != 0 {

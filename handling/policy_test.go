@@ -163,8 +163,10 @@ func decideAt(t *testing.T, cfg handling.Config, rules string, tp *handling.Temp
 func TestPolicyPrecedence(t *testing.T) {
 	t.Parallel()
 	cfg := jitterOff() // flags: exponential 1 s × 2ⁿ, cap 300 s
-	fib := &handling.TemplatePolicy{Template: "ns/t", Step: "fetch", Strategy: backoff.StrategyFibonacci,
-		Base: dur(4 * time.Second), Cap: dur(20 * time.Second)}
+	fib := &handling.TemplatePolicy{
+		Template: "ns/t", Step: "fetch", Strategy: backoff.StrategyFibonacci,
+		Base: dur(4 * time.Second), Cap: dur(20 * time.Second),
+	}
 	linearRule := "rules:\n  - {id: lin, match: {step: fetch}, strategy: linear, base: 3s}\n"
 	yes, no := true, false
 	tests := []struct {
@@ -178,48 +180,102 @@ func TestPolicyPrecedence(t *testing.T) {
 		source   string
 		rule     string
 	}{
-		{"flags alone", "", nil, failedStep(3, 10), handling.Failure{Message: "boom"},
-			handling.ActionTransitionedToWaitingForRetry, 8, handling.PolicySourceGlobal, ""},
-		{"template over flags", "", fib, failedStep(3, 10), handling.Failure{Message: "boom"},
-			handling.ActionTransitionedToWaitingForRetry, 8, handling.PolicySourceTemplate, ""},
-		{"template cap", "", fib, failedStep(9, 10), handling.Failure{Message: "boom"},
-			handling.ActionTransitionedToWaitingForRetry, 20, handling.PolicySourceTemplate, ""},
-		{"rule over template (the template's cap stays)", linearRule, fib, failedStep(9, 10), handling.Failure{Message: "boom"},
-			handling.ActionTransitionedToWaitingForRetry, 20, handling.PolicySourceRule, "lin"},
-		{"rule over template", linearRule, fib, failedStep(3, 10), handling.Failure{Message: "boom"},
-			handling.ActionTransitionedToWaitingForRetry, 9, handling.PolicySourceRule, "lin"},
-		{"a rule that does not match", "rules:\n  - {id: other, match: {step: send}, strategy: none}\n", fib, failedStep(3, 10),
-			handling.Failure{Message: "boom"}, handling.ActionTransitionedToWaitingForRetry, 8, handling.PolicySourceTemplate, ""},
-		{"first matching rule wins", "rules:\n  - {id: first, match: {category: Transient}, strategy: none}\n" +
-			"  - {id: second, strategy: linear}\n", nil, failedStep(3, 10), handling.Failure{Message: "boom"},
-			handling.ActionTransitionedToWaitingForRetry, 0, handling.PolicySourceRule, "first"},
-		{"Retry-After over rule, capped at the rule's cap", "rules:\n  - {id: c, strategy: linear, cap: 45s}\n", fib, failedStep(3, 10),
+		{
+			"flags alone", "", nil, failedStep(3, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionTransitionedToWaitingForRetry, 8, handling.PolicySourceGlobal, "",
+		},
+		{
+			"template over flags", "", fib, failedStep(3, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionTransitionedToWaitingForRetry, 8, handling.PolicySourceTemplate, "",
+		},
+		{
+			"template cap", "", fib, failedStep(9, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionTransitionedToWaitingForRetry, 20, handling.PolicySourceTemplate, "",
+		},
+		{
+			"rule over template (the template's cap stays)", linearRule, fib, failedStep(9, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionTransitionedToWaitingForRetry, 20, handling.PolicySourceRule, "lin",
+		},
+		{
+			"rule over template", linearRule, fib, failedStep(3, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionTransitionedToWaitingForRetry, 9, handling.PolicySourceRule, "lin",
+		},
+		{
+			"a rule that does not match", "rules:\n  - {id: other, match: {step: send}, strategy: none}\n", fib, failedStep(3, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionTransitionedToWaitingForRetry, 8, handling.PolicySourceTemplate, "",
+		},
+		{
+			"first matching rule wins", "rules:\n  - {id: first, match: {category: Transient}, strategy: none}\n" +
+				"  - {id: second, strategy: linear}\n", nil, failedStep(3, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionTransitionedToWaitingForRetry, 0, handling.PolicySourceRule, "first",
+		},
+		{
+			"Retry-After over rule, capped at the rule's cap", "rules:\n  - {id: c, strategy: linear, cap: 45s}\n", fib, failedStep(3, 10),
 			handling.Failure{Message: "slow down", HTTPStatus: 429, RetryAfter: "600"},
-			handling.ActionTransitionedToWaitingForRetry, 45, handling.PolicySourceRetryAfter, "c"},
-		{"Retry-After over template, capped at its cap", "", fib, failedStep(3, 10),
+			handling.ActionTransitionedToWaitingForRetry, 45, handling.PolicySourceRetryAfter, "c",
+		},
+		{
+			"Retry-After over template, capped at its cap", "", fib, failedStep(3, 10),
 			handling.Failure{Message: "slow down", HTTPStatus: 429, RetryAfter: "600"},
-			handling.ActionTransitionedToWaitingForRetry, 20, handling.PolicySourceRetryAfter, ""},
-		{"Retry-After under the cap", "", fib, failedStep(3, 10),
+			handling.ActionTransitionedToWaitingForRetry, 20, handling.PolicySourceRetryAfter, "",
+		},
+		{
+			"Retry-After under the cap", "", fib, failedStep(3, 10),
 			handling.Failure{Message: "slow down", HTTPStatus: 429, RetryAfter: "7"},
-			handling.ActionTransitionedToWaitingForRetry, 7, handling.PolicySourceRetryAfter, ""},
-		{"rule not retryable over the classifier", "rules:\n  - {id: stop, match: {category: Transient}, retryable: false}\n", fib,
-			failedStep(1, 10), handling.Failure{Message: "boom"}, handling.ActionMarkedAsPermanentFailure, 0, "", "stop"},
-		{"rule retryable over the classifier", "rules:\n  - {id: again, match: {http_status: 404}, retryable: true}\n", fib,
-			failedStep(2, 10), handling.Failure{Message: "not found", HTTPStatus: 404},
-			handling.ActionTransitionedToWaitingForRetry, 4, handling.PolicySourceTemplate, "again"},
-		{"worker's false over the rule's true", "rules:\n  - {id: again, retryable: true}\n", nil,
-			failedStep(1, 10), handling.Failure{Message: "boom", Retryable: &no}, handling.ActionMarkedAsPermanentFailure, 0, "", "again"},
-		{"worker's true over the rule's false", "rules:\n  - {id: stop, retryable: false, strategy: linear}\n", nil,
-			failedStep(2, 10), handling.Failure{Message: "boom", Retryable: &yes},
-			handling.ActionTransitionedToWaitingForRetry, 2, handling.PolicySourceRule, "stop"},
-		{"a rule cannot retry a step that is not retryable", "rules:\n  - {id: again, retryable: true}\n", nil,
-			notRetryable(failedStep(1, 10)), handling.Failure{Message: "boom"}, handling.ActionMarkedAsPermanentFailure, 0, "", "again"},
-		{"rule stops earlier", "rules:\n  - {id: two, max_attempts: 2}\n", fib, failedStep(2, 10),
-			handling.Failure{Message: "boom"}, handling.ActionMarkedAsError, 0, "", "two"},
-		{"rule does not raise max_attempts", "rules:\n  - {id: many, max_attempts: 50}\n", fib, failedStep(3, 3),
-			handling.Failure{Message: "boom"}, handling.ActionMarkedAsError, 0, "", "many"},
-		{"below the rule's limit", "rules:\n  - {id: two, max_attempts: 2}\n", nil, failedStep(1, 10),
-			handling.Failure{Message: "boom"}, handling.ActionTransitionedToWaitingForRetry, 2, handling.PolicySourceGlobal, "two"},
+			handling.ActionTransitionedToWaitingForRetry, 7, handling.PolicySourceRetryAfter, "",
+		},
+		{
+			"rule not retryable over the classifier", "rules:\n  - {id: stop, match: {category: Transient}, retryable: false}\n", fib,
+			failedStep(1, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionMarkedAsPermanentFailure, 0, "", "stop",
+		},
+		{
+			"rule retryable over the classifier", "rules:\n  - {id: again, match: {http_status: 404}, retryable: true}\n", fib,
+			failedStep(2, 10),
+			handling.Failure{Message: "not found", HTTPStatus: 404},
+			handling.ActionTransitionedToWaitingForRetry, 4, handling.PolicySourceTemplate, "again",
+		},
+		{
+			"worker's false over the rule's true", "rules:\n  - {id: again, retryable: true}\n", nil,
+			failedStep(1, 10),
+			handling.Failure{Message: "boom", Retryable: &no},
+			handling.ActionMarkedAsPermanentFailure, 0, "", "again",
+		},
+		{
+			"worker's true over the rule's false", "rules:\n  - {id: stop, retryable: false, strategy: linear}\n", nil,
+			failedStep(2, 10),
+			handling.Failure{Message: "boom", Retryable: &yes},
+			handling.ActionTransitionedToWaitingForRetry, 2, handling.PolicySourceRule, "stop",
+		},
+		{
+			"a rule cannot retry a step that is not retryable", "rules:\n  - {id: again, retryable: true}\n", nil,
+			notRetryable(failedStep(1, 10)),
+			handling.Failure{Message: "boom"},
+			handling.ActionMarkedAsPermanentFailure, 0, "", "again",
+		},
+		{
+			"rule stops earlier", "rules:\n  - {id: two, max_attempts: 2}\n", fib, failedStep(2, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionMarkedAsError, 0, "", "two",
+		},
+		{
+			"rule does not raise max_attempts", "rules:\n  - {id: many, max_attempts: 50}\n", fib, failedStep(3, 3),
+			handling.Failure{Message: "boom"},
+			handling.ActionMarkedAsError, 0, "", "many",
+		},
+		{
+			"below the rule's limit", "rules:\n  - {id: two, max_attempts: 2}\n", nil, failedStep(1, 10),
+			handling.Failure{Message: "boom"},
+			handling.ActionTransitionedToWaitingForRetry, 2, handling.PolicySourceGlobal, "two",
+		},
 	}
 	for _, tt := range tests {
 		d := decideAt(t, cfg, tt.rules, tt.template, tt.step, tt.failure)

@@ -80,18 +80,26 @@ func TestTaskerTemplateWithEnvironmentOverrides(t *testing.T) {
 		{"", "process_payment", handling.TemplatePolicy{Strategy: backoff.StrategyExponential, Base: dur(2 * time.Second), Cap: dur(30 * time.Second)}},
 		{"", "ship_order", handling.TemplatePolicy{Strategy: backoff.StrategyNone}},
 		// test overrides only max_attempts: the backoff stays.
-		{"test", "validate_order", handling.TemplatePolicy{Strategy: backoff.StrategyExponential, Base: dur(time.Second), Cap: dur(30 * time.Second),
-			Overrides: []string{"environments.test.validate_order"}}},
+		{"test", "validate_order", handling.TemplatePolicy{
+			Strategy: backoff.StrategyExponential, Base: dur(time.Second), Cap: dur(30 * time.Second),
+			Overrides: []string{"environments.test.validate_order"},
+		}},
 		// An environment the template does not know: as declared.
 		{"staging", "process_payment", handling.TemplatePolicy{Strategy: backoff.StrategyExponential, Base: dur(2 * time.Second), Cap: dur(30 * time.Second)}},
 		// production's ALL: linear, a 60 s cap, the step's base (its null leaves it).
-		{"production", "validate_order", handling.TemplatePolicy{Strategy: backoff.StrategyLinear, Base: dur(time.Second), Cap: dur(time.Minute),
-			Overrides: []string{"environments.production.ALL"}}},
-		{"production", "ship_order", handling.TemplatePolicy{Strategy: backoff.StrategyLinear, Cap: dur(time.Minute),
-			Overrides: []string{"environments.production.ALL"}}},
+		{"production", "validate_order", handling.TemplatePolicy{
+			Strategy: backoff.StrategyLinear, Base: dur(time.Second), Cap: dur(time.Minute),
+			Overrides: []string{"environments.production.ALL"},
+		}},
+		{"production", "ship_order", handling.TemplatePolicy{
+			Strategy: backoff.StrategyLinear, Cap: dur(time.Minute),
+			Overrides: []string{"environments.production.ALL"},
+		}},
 		// The named override wins over ALL where both set a field; ALL's cap stays.
-		{"production", "process_payment", handling.TemplatePolicy{Strategy: backoff.StrategyFibonacci, Base: dur(3 * time.Second), Cap: dur(time.Minute),
-			Overrides: []string{"environments.production.ALL", "environments.production.process_payment"}}},
+		{"production", "process_payment", handling.TemplatePolicy{
+			Strategy: backoff.StrategyFibonacci, Base: dur(3 * time.Second), Cap: dur(time.Minute),
+			Overrides: []string{"environments.production.ALL", "environments.production.process_payment"},
+		}},
 	}
 	for _, tt := range tests {
 		got, err := tmpl.StepPolicy(tt.step, tt.env)
@@ -116,11 +124,11 @@ func TestTemplatePolicyDelays(t *testing.T) {
 		env, step string
 		seconds   []int32 // attempt 1, 2, ...
 	}{
-		{"", "validate_order", []int32{2, 4, 8, 16, 30, 30}},                 // 1 s × 2ⁿ, cap 30 s
-		{"", "reserve_inventory", []int32{2, 3, 5, 6, 8, 9, 11}},             // 1.5 s × n rounded up, cap from the flag (100 s)
-		{"", "ship_order", []int32{0, 0, 0}},                                 // none
-		{"production", "validate_order", []int32{1, 2, 3, 4}},                // linear 1 s
-		{"production", "ship_order", []int32{5, 10, 15, 20}},                 // linear, base from the flag
+		{"", "validate_order", []int32{2, 4, 8, 16, 30, 30}},                   // 1 s × 2ⁿ, cap 30 s
+		{"", "reserve_inventory", []int32{2, 3, 5, 6, 8, 9, 11}},               // 1.5 s × n rounded up, cap from the flag (100 s)
+		{"", "ship_order", []int32{0, 0, 0}},                                   // none
+		{"production", "validate_order", []int32{1, 2, 3, 4}},                  // linear 1 s
+		{"production", "ship_order", []int32{5, 10, 15, 20}},                   // linear, base from the flag
 		{"production", "process_payment", []int32{3, 3, 6, 9, 15, 24, 39, 60}}, // fibonacci 3 s, cap 60 s
 	}
 	for _, tt := range tests {
@@ -181,4 +189,3 @@ func classify(t *testing.T, step handling.Step, message string) handling.Classif
 		StepName: step.Name, Message: message, AttemptNumber: int(*step.Attempts), MaxAttempts: int(*step.MaxAttempts),
 	})
 }
-

@@ -3,7 +3,6 @@ package handling
 import (
 	"context"
 	"errors"
-
 	"log/slog"
 	"sync"
 	"time"

@@ -115,6 +115,9 @@ func watchPolicyReloads(ctx context.Context, handler *handling.Service, metrics 
 
 // runPolicy is `sweeper policy explain`.
 func runPolicy(ctx context.Context, e env, args []string) error {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		return runExplain(ctx, e, args) // its one subcommand's help
+	}
 	if len(args) == 0 || args[0] != "explain" {
 		return usageErrorf("want 'sweeper policy explain --step UUID --message M [flags]' (see 'sweeper policy explain -h')")
 	}
