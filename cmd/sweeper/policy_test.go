@@ -81,7 +81,7 @@ func TestSighupReloadsThePolicyFile(t *testing.T) {
 		resp, err := http.Post("http://"+addr+"/v1/steps/"+step.String()+"/failures?dry_run=true", "application/json",
 			bytes.NewBufferString(`{"message": "boom"}`))
 		require.NoError(t, err)
-		defer resp.Body.Close()
+		defer func() { _ = resp.Body.Close() }()
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		var e explained
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&e))
