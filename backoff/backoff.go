@@ -92,6 +92,10 @@ type Decision struct {
 	// Jitter is the signed jitter actually applied (after clamping to [0, Max]), so that Delay
 	// minus Jitter is always the unjittered delay; zero when no jitter was applied.
 	Jitter time.Duration
+	// Raw is the delay a Policy computed before the cap, the rounding and the jitter (the
+	// server's own value for a Retry-After), saturated at the largest time.Duration; Exponential
+	// and Compute leave it zero (Policy.Raw gives theirs).
+	Raw time.Duration
 }
 
 // Seconds returns Delay in whole seconds for the backoff_request_seconds column. It saturates

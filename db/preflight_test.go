@@ -87,6 +87,7 @@ func TestPreflightNeedsCoverTheQueries(t *testing.T) {
 		"e": "tasker.workflow_step_transitions", "x": "tasker.workflow_step_transitions",
 		"parent": "tasker.workflow_step_transitions", "edge": "tasker.workflow_step_edges",
 		"ns": "tasker.named_steps", "s": "tasker_sweeper.retry_schedule",
+		"task": "tasker.tasks", "nt": "tasker.named_tasks", "tn": "tasker.task_namespaces",
 	}
 	listed := map[string][]string{}
 	for _, n := range append(slices.Clone(preflight.TaskerNeeds), preflight.SweeperNeeds...) {

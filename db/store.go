@@ -94,6 +94,12 @@ type StepRecord struct {
 	SortKey int32
 	// DBNow is the database's now() when the row was read, in UTC.
 	DBNow time.Time
+	// NamedTaskUUID and TemplateUpdatedAt identify the version of the
+	// task's template (nil when the task row is missing); TaskName and
+	// TaskNamespace name it ("" when unknown).
+	NamedTaskUUID           *uuid.UUID
+	TemplateUpdatedAt       *time.Time
+	TaskName, TaskNamespace string
 }
 
 // GetStep reads a step and its current state; statemachine.ErrStepNotFound
@@ -125,6 +131,10 @@ func (s *base) GetStep(ctx context.Context, stepUUID uuid.UUID) (StepRecord, err
 		State:                 state,
 		SortKey:               row.CurrentSortKey,
 		DBNow:                 row.DbNow,
+		NamedTaskUUID:         row.NamedTaskUUID,
+		TemplateUpdatedAt:     row.TemplateUpdatedAt,
+		TaskName:              row.TaskName,
+		TaskNamespace:         row.TaskNamespace,
 	}, nil
 }
 

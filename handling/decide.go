@@ -65,6 +65,10 @@ type Decision struct {
 	// Conflict is a *ConflictError when the step's state forbids the
 	// transition the failure needs; nothing is written then.
 	Conflict error
+	// Policy says which policy decided and why; nil for a repeated report.
+	Policy *PolicyDecision
+	// Rule is the policy file's rule that matched, nil when none did.
+	Rule *Rule
 }
 
 // Writes reports whether the decision writes anything.
@@ -78,14 +82,33 @@ func (d Decision) Writes() bool {
 // verdict counts only while classification is on: off, every error is
 // permanent).
 func Eligible(cfg Config, step Step, f Failure, c Classification) bool {
-	return step.Retryable && errorRetryable(cfg, f, c) && step.attempts() < step.maxAttempts()
+	return eligible(cfg, step, f, c, nil)
 }
 
-func errorRetryable(cfg Config, f Failure, c Classification) bool {
-	if f.Retryable != nil && cfg.UseErrorClassification {
+// eligible is Eligible under the matching rule of a policy file (nil: none):
+// its retryable stands in for the classifier's verdict (never for the
+// worker's), and its max_attempts stops retries earlier (never later).
+func eligible(cfg Config, step Step, f Failure, c Classification, rule *Rule) bool {
+	return step.Retryable && errorRetryable(cfg, f, c, rule) && step.attempts() < attemptLimit(step, rule)
+}
+
+func errorRetryable(cfg Config, f Failure, c Classification, rule *Rule) bool {
+	switch {
+	case f.Retryable != nil && cfg.UseErrorClassification:
 		return *f.Retryable
+	case rule != nil && rule.Retryable != nil && cfg.UseErrorClassification:
+		return *rule.Retryable
 	}
 	return c.Retryable
+}
+
+// attemptLimit is max_attempts, lowered by the rule's max_attempts.
+func attemptLimit(step Step, rule *Rule) int {
+	limit := step.maxAttempts()
+	if rule != nil && rule.MaxAttempts != nil {
+		limit = min(limit, *rule.MaxAttempts)
+	}
+	return limit
 }
 
 // Decide decides what a failure f does to step, given its classification c:
@@ -101,8 +124,20 @@ func errorRetryable(cfg Config, f Failure, c Classification) bool {
 //     not retryable;
 //   - a transition the step's state forbids is a Conflict.
 //
-// f.Message is written as is: the Service cleans it first.
+// f.Message is written as is: the Service cleans it first. Decide applies
+// cfg.Policy's rules and no template policy; DecideWithPolicy takes both.
 func Decide(cfg Config, step Step, f Failure, c Classification, now time.Time, rnd backoff.Rand) Decision {
+	return DecideWithPolicy(cfg, PolicyInput{Rules: cfg.Policy}, step, f, c, now, rnd)
+}
+
+// DecideWithPolicy is Decide under declared policies, with this precedence:
+// the worker's explicit retryable verdict and a valid Retry-After, then the
+// first matching rule of in.Rules, then in.Template (the step's template
+// policy), then cfg's flags. A rule's retryable replaces the classifier's
+// verdict, its max_attempts can only stop retries earlier, and each delay
+// parameter comes from the first layer that sets it. Decision.Policy says
+// what applied and why.
+func DecideWithPolicy(cfg Config, in PolicyInput, step Step, f Failure, c Classification, now time.Time, rnd backoff.Rand) Decision {
 	d := Decision{FinalState: step.State, Attempts: step.attempts(), MaxAttempts: step.maxAttempts()}
 
 	if step.State == statemachine.WaitingForRetry || step.State == statemachine.Error {
@@ -124,14 +159,29 @@ func Decide(cfg Config, step Step, f Failure, c Classification, now time.Time, r
 		prov["http_status"] = f.HTTPStatus
 	}
 
-	if !Eligible(cfg, step, f, c) {
-		return decideFail(cfg, step, f, c, d, prov)
+	rule := in.Rules.First(matchContext(step, f, c))
+	d.Rule = rule
+	why := ruleWhy(in.Rules, rule)
+	if in.Template == nil && in.TemplateNote != "" {
+		why = append(why, in.TemplateNote)
+	}
+	if !eligible(cfg, step, f, c, rule) {
+		d.Policy = &PolicyDecision{Why: why}
+		d = decideFail(cfg, step, f, c, d, prov, rule)
+		d.Policy.Why = append(d.Policy.Why, d.Reason)
+		finishPolicy(d.Policy, in, rule)
+		prov["retry_policy"] = d.Policy.metadata()
+		return d
 	}
 	if cfg.UseWaitingForRetryState && !statemachine.CanTransition(step.State, statemachine.EventWaitForRetry) {
 		return conflict(d, step, statemachine.EventWaitForRetry)
 	}
 
-	b := backoff.Compute(cfg.Backoff, d.Attempts, f.RetryAfter, now, rnd)
+	b, pd := computeDelay(cfg, in, rule, d.Attempts, f, now, rnd)
+	pd.Why = append(why, pd.Why...)
+	finishPolicy(pd, in, rule)
+	d.Policy = pd
+	prov["retry_policy"] = pd.metadata()
 	seconds := b.Seconds()
 	d.BackoffSeconds = &seconds
 	d.BackoffSource = b.Source
@@ -154,12 +204,40 @@ func Decide(cfg Config, step Step, f Failure, c Classification, now time.Time, r
 	d.Action = ActionTransitionedToWaitingForRetry
 	d.FinalState = statemachine.WaitingForRetry
 	d.Reason = fmt.Sprintf("retryable %s failure, attempt %d of %d", c.Category, d.Attempts, d.MaxAttempts)
+	if limit := attemptLimit(step, rule); limit < d.MaxAttempts {
+		d.Reason += fmt.Sprintf(" (rule %s stops at %d)", rule.ID, limit)
+	}
 	prov["why"] = "retryable failure, backoff scheduled"
 	return d
 }
 
+// ruleWhy says which rule matched, if any.
+func ruleWhy(p *Policy, rule *Rule) []string {
+	switch {
+	case p == nil:
+		return []string{"no policy file"}
+	case rule == nil:
+		return []string{fmt.Sprintf("no rule of %s (%d rules) matches", p.Path, len(p.Rules))}
+	default:
+		return []string{fmt.Sprintf("rule %s (%s line %d) is the first that matches", rule.ID, p.Path, rule.Line)}
+	}
+}
+
+// finishPolicy adds what every PolicyDecision records.
+func finishPolicy(pd *PolicyDecision, in PolicyInput, rule *Rule) {
+	if rule != nil {
+		pd.Rule = rule.ID
+	}
+	if in.Rules != nil {
+		pd.PolicyFileHash = in.Rules.Hash
+	}
+	if in.Template != nil {
+		pd.TaskerEnv = in.Env
+	}
+}
+
 // decideFail is Decide for a failure that is not retry-eligible.
-func decideFail(cfg Config, step Step, f Failure, c Classification, d Decision, prov map[string]any) Decision {
+func decideFail(cfg Config, step Step, f Failure, c Classification, d Decision, prov map[string]any, rule *Rule) Decision {
 	if !statemachine.CanTransition(step.State, statemachine.EventFail) {
 		return conflict(d, step, statemachine.EventFail)
 	}
@@ -170,12 +248,18 @@ func decideFail(cfg Config, step Step, f Failure, c Classification, d Decision, 
 	case f.Retryable != nil && !*f.Retryable:
 		d.Action = ActionMarkedAsPermanentFailure
 		d.Reason = "worker reported the error as not retryable"
-	case f.Retryable == nil && !c.Retryable:
+	case f.Retryable == nil && rule != nil && rule.Retryable != nil && !*rule.Retryable:
+		d.Action = ActionMarkedAsPermanentFailure
+		d.Reason = fmt.Sprintf("policy rule %s: not retryable", rule.ID)
+	case f.Retryable == nil && (rule == nil || rule.Retryable == nil) && !c.Retryable:
 		d.Action = ActionMarkedAsPermanentFailure
 		d.Reason = fmt.Sprintf("%s errors are not retryable", c.Category)
 	case !step.Retryable:
 		d.Action = ActionMarkedAsPermanentFailure
 		d.Reason = "step is not retryable"
+	case d.Attempts < d.MaxAttempts:
+		d.Action = ActionMarkedAsError
+		d.Reason = fmt.Sprintf("policy rule %s stops after %d attempts (%d of %d made)", rule.ID, attemptLimit(step, rule), d.Attempts, d.MaxAttempts)
 	default:
 		d.Action = ActionMarkedAsError
 		d.Reason = fmt.Sprintf("attempts exhausted (%d of %d)", d.Attempts, d.MaxAttempts)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -51,6 +53,9 @@ type Failure struct {
 	Source string
 	// Metadata is free-form context handed to the classifier.
 	Metadata map[string]any
+	// DryRun decides without writing anything (and counts nothing): what
+	// `sweeper policy explain` and ?dry_run=true show.
+	DryRun bool
 }
 
 // Step is the part of a workflow step a failure decision needs.
@@ -65,6 +70,14 @@ type Step struct {
 	LastAttemptedAt *time.Time
 	// DBNow is the database clock when the step was read.
 	DBNow time.Time
+	// NamedTaskUUID is the step's task template (tasks.named_task_uuid),
+	// uuid.Nil when the task row is missing; TemplateUpdatedAt is the
+	// template's updated_at, which says when a cached copy is stale.
+	NamedTaskUUID     uuid.UUID
+	TemplateUpdatedAt time.Time
+	// TaskName and TaskNamespace are the template's name and namespace
+	// (empty when unknown), for the policy file's rules.
+	TaskName, TaskNamespace string
 }
 
 // FailureWrite is the one transaction that applies a decision.
@@ -110,6 +123,12 @@ type Config struct {
 	// Backoff tunes the delay of a retry. A NULL max_attempts is not
 	// configurable: it is TaskerDefaultMaxAttempts.
 	Backoff backoff.Config
+	// TaskerEnv is the tasker environment whose task-template overrides
+	// apply (environments.<env>); empty applies none.
+	TaskerEnv string
+	// Policy is the retry policy file's rules; nil without a file. The
+	// Service can replace it while it runs (SetPolicy).
+	Policy *Policy
 }
 
 // DefaultConfig is classification on, waiting_for_retry on and the default
@@ -164,6 +183,10 @@ type Result struct {
 	Classification Classification     `json:"classification"`
 	// Reason says in words why the action was chosen.
 	Reason string `json:"reason"`
+	// Policy says which retry policy decided and why.
+	Policy *PolicyDecision `json:"policy,omitempty"`
+	// DryRun is set when nothing was written.
+	DryRun bool `json:"dry_run,omitempty"`
 }
 
 // Service applies failures to steps.
@@ -173,7 +196,35 @@ type Service struct {
 	cfg        Config
 	rnd        backoff.Rand
 	now        func() time.Time
+	policy     atomic.Pointer[Policy]
+	templates  *templateCache
+	hooks      PolicyHooks
+	logger     *slog.Logger
 }
+
+// PolicyHooks observe the declared policies at work (metrics); nil fields
+// are skipped. Dry runs call none.
+type PolicyHooks struct {
+	// RuleMatched is called with the id of the rule that decided a failure.
+	RuleMatched func(rule string)
+	// TemplateInvalid is called for a failure handled with the global policy
+	// because its task template's configuration does not parse.
+	TemplateInvalid func(template string)
+}
+
+// WithPolicyHooks sets the hooks.
+func WithPolicyHooks(h PolicyHooks) Option { return func(s *Service) { s.hooks = h } }
+
+// WithLogger sets the logger (an unparseable task template is logged once
+// per template version); nil discards.
+func WithLogger(l *slog.Logger) Option { return func(s *Service) { s.logger = l } }
+
+// SetPolicy replaces the policy file's rules (nil: none) for the failures
+// handled from now on, e.g. after a reload.
+func (s *Service) SetPolicy(p *Policy) { s.policy.Store(p) }
+
+// CurrentPolicy is the policy file in force; nil without one.
+func (s *Service) CurrentPolicy() *Policy { return s.policy.Load() }
 
 // Option customises a Service.
 type Option func(*Service)
@@ -195,6 +246,13 @@ func NewService(store Store, cfg Config, opts ...Option) (*Service, error) {
 	s := &Service{store: store, classifier: StandardClassifier{}, cfg: cfg, rnd: globalRand{}, now: time.Now}
 	for _, o := range opts {
 		o(s)
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	s.policy.Store(cfg.Policy)
+	if ts, ok := store.(TemplateStore); ok {
+		s.templates = newTemplateCache(ts)
 	}
 	return s, nil
 }
@@ -230,7 +288,12 @@ func (s *Service) handleOnce(ctx context.Context, f Failure) (Result, error) {
 		return Result{}, fmt.Errorf("read step: %w", err)
 	}
 	classification := s.classify(errorContext(step, f))
-	d := Decide(s.cfg, step, f, classification, s.now(), s.rnd)
+	in := PolicyInput{Rules: s.policy.Load(), Env: s.cfg.TaskerEnv}
+	invalidTemplate := ""
+	if step.State != statemachine.WaitingForRetry && step.State != statemachine.Error {
+		in.Template, in.TemplateNote, invalidTemplate = s.templatePolicy(ctx, step)
+	}
+	d := DecideWithPolicy(s.cfg, in, step, f, classification, s.now(), s.rnd)
 	res := Result{
 		StepUUID:       step.StepUUID,
 		Action:         d.Action,
@@ -241,9 +304,14 @@ func (s *Service) handleOnce(ctx context.Context, f Failure) (Result, error) {
 		MaxAttempts:    d.MaxAttempts,
 		Classification: classification,
 		Reason:         d.Reason,
+		Policy:         d.Policy,
+		DryRun:         f.DryRun,
 	}
 	if d.Conflict != nil {
 		return res, d.Conflict
+	}
+	if f.DryRun {
+		return res, nil
 	}
 	if !d.Writes() {
 		return res, nil
@@ -256,6 +324,7 @@ func (s *Service) handleOnce(ctx context.Context, f Failure) (Result, error) {
 		return Result{}, fmt.Errorf("write %s decision: %w", d.Action, err)
 	}
 	res.NextRetryAt = written.NextRetryAt
+	s.observe(d, invalidTemplate)
 	return res, nil
 }
 

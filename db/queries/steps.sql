@@ -3,8 +3,11 @@
 -- Reading one step and writing its transitions.
 
 -- name: StepGet :one
--- A step with its current state (no transition rows means pending) and the
--- database clock, which every due-time decision is measured against.
+-- A step with its current state (no transition rows means pending), its task
+-- template's identity (the inline handler caches templates by uuid and
+-- updated_at, so reading them costs three primary-key probes here, not a
+-- query of its own) and the database clock, which every due-time decision is
+-- measured against.
 SELECT
     ws.workflow_step_uuid,
     ws.task_uuid,
@@ -20,9 +23,16 @@ SELECT
     ws.backoff_request_seconds,
     coalesce(cur.to_state, 'pending')::varchar AS current_state,
     coalesce(cur.sort_key, 0)::integer AS current_sort_key,
+    task.named_task_uuid AS named_task_uuid,
+    nt.updated_at AS template_updated_at,
+    coalesce(nt.name, '')::varchar AS task_name,
+    coalesce(tn.name, '')::varchar AS task_namespace,
     now()::timestamp AS db_now
 FROM tasker.workflow_steps ws
 LEFT JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+LEFT JOIN tasker.tasks task ON task.task_uuid = ws.task_uuid
+LEFT JOIN tasker.named_tasks nt ON nt.named_task_uuid = task.named_task_uuid
+LEFT JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
 -- The step again, joined only when its last_attempted_at is finite: an odd
 -- writer's -infinity or infinity reads as NULL (and sqlc sees a nullable column).
 LEFT JOIN tasker.workflow_steps attempted
@@ -30,6 +40,18 @@ LEFT JOIN tasker.workflow_steps attempted
 LEFT JOIN tasker.workflow_step_transitions cur
     ON cur.workflow_step_uuid = ws.workflow_step_uuid AND cur.most_recent
 WHERE ws.workflow_step_uuid = @workflow_step_uuid;
+
+-- name: TaskTemplateGet :one
+-- One task template: what the inline handler caches (read when the step's
+-- read shows an updated_at it has not parsed).
+SELECT
+    nt.name,
+    coalesce(tn.name, '')::varchar AS namespace,
+    coalesce(nt.configuration::text, '')::text AS configuration,
+    nt.updated_at
+FROM tasker.named_tasks nt
+LEFT JOIN tasker.task_namespaces tn ON tn.task_namespace_uuid = nt.task_namespace_uuid
+WHERE nt.named_task_uuid = @named_task_uuid;
 
 -- name: TransitionWrite :one
 -- Compare-and-swap transition: retire the current row only if its state is

@@ -422,11 +422,15 @@ func (a *server) reportFailure(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	dryRun, ok := boolQuery(w, r, "dry_run")
+	if !ok {
+		return
+	}
 	var req failureRequest
 	if !decodeJSON(w, r, &req) {
 		return
 	}
-	auditNote(r, slog.String("kind", req.Kind), slog.Any("retryable", req.Retryable),
+	auditNote(r, slog.Bool("dry_run", dryRun), slog.String("kind", req.Kind), slog.Any("retryable", req.Retryable),
 		slog.String("retry_after", string(req.RetryAfter)), slog.Int("http_status", req.HTTPStatus))
 	if req.HTTPStatus != 0 && (req.HTTPStatus < 100 || req.HTTPStatus > 599) {
 		writeError(w, http.StatusBadRequest, codeBadRequest,
@@ -442,6 +446,7 @@ func (a *server) reportFailure(w http.ResponseWriter, r *http.Request) {
 		HTTPStatus: req.HTTPStatus,
 		Source:     "http_api",
 		Metadata:   req.Metadata,
+		DryRun:     dryRun,
 	})
 	switch {
 	case err == nil:

@@ -320,6 +320,19 @@ func TestAdminReportFailure(t *testing.T) {
 		require.Equal(t, string(handling.ActionNoActionTaken), again.json(t)["action"])
 	})
 
+	t.Run("dry_run decides and writes nothing", func(t *testing.T) {
+		step := failing(t)
+		res := h.request(t, http.MethodPost, path(step)+"?dry_run=true", `{"message": "upstream 503", "http_status": 503}`)
+		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)
+		out := res.json(t)
+		require.Equal(t, true, out["dry_run"])
+		require.Equal(t, string(handling.ActionTransitionedToWaitingForRetry), out["action"])
+		require.Equal(t, float64(2), out["backoff_applied_seconds"])
+		require.Equal(t, "global", out["policy"].(map[string]any)["source"])
+		require.Equal(t, statemachine.EnqueuedAsErrorForOrchestration, h.stateOf(t, step), "nothing written")
+		h.request(t, http.MethodPost, path(step)+"?dry_run=maybe", `{"message": "x"}`).requireError(t, http.StatusBadRequest, "bad_request")
+	})
+
 	t.Run("retry_after as a number of seconds", func(t *testing.T) {
 		res := h.request(t, http.MethodPost, path(failing(t)), `{"message": "slow down", "http_status": 429, "retry_after": 120}`)
 		require.Equal(t, http.StatusOK, res.status, "body: %s", res.body)

@@ -63,6 +63,7 @@ func commands() []command {
 		{"status", "print step counts per state, due and stranded steps", runStatus},
 		{"check", "check the database is ready for the sweeper: tables, grants, schema version", runCheck},
 		{"fail", "report one step failure to the inline handler", runFail},
+		{"policy", "explain the retry policy's decision for a failure (policy explain; writes nothing)", runPolicy},
 		{"reconcile", "make the retry schedule match the tasker tables now, and say what it corrected", runReconcile},
 		{"migrate", "apply the sweeper's database migrations", runMigrate},
 		{"demo", "run the daemon against a throwaway PostgreSQL with demo data", runDemo},

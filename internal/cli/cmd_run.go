@@ -284,7 +284,7 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	if err != nil {
 		return usageErrorf("invalid --schedule: %v", err)
 	}
-	handler, err := handling.NewService(store, cfg.handler)
+	handler, err := handling.NewService(store, cfg.handler, handlerOptions(metrics, logger)...)
 	if err != nil {
 		return configError(err)
 	}
@@ -338,6 +338,8 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
+	reloadDone := watchPolicyReloads(runCtx, handler, metrics, logger)
+	defer func() { stopRun(); <-reloadDone }()
 	healthDone := make(chan struct{})
 	go func() { defer close(healthDone); health.run(runCtx) }()
 	schedDone := make(chan struct{})

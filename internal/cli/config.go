@@ -172,7 +172,11 @@ func handlerFlags(f *flags) *handling.Config {
 	f.fs.BoolVar(&c.Backoff.Jitter, "backoff-jitter", c.Backoff.Jitter, "randomise delays to spread retries")
 	f.fs.Float64Var(&c.Backoff.JitterFraction, "backoff-jitter-fraction", c.Backoff.JitterFraction,
 		"largest jitter as a fraction of the delay")
+	f.fs.StringVar(&c.TaskerEnv, "tasker-env", "", "tasker environment whose task-template overrides apply (environments.<env>)")
+	f.fs.Var(policyFileFlag{&c.Policy}, "policy-file", "retry policy file (YAML or JSON): ordered rules by error, step and task")
 	for flagName, variable := range map[string]string{
+		"tasker-env":                  "TASKER_ENV",
+		"policy-file":                 "SWEEPER_POLICY_FILE",
 		"use-error-classification":    "SWEEPER_USE_ERROR_CLASSIFICATION",
 		"use-waiting-for-retry-state": "SWEEPER_USE_WAITING_FOR_RETRY_STATE",
 		"backoff-base":                "SWEEPER_BACKOFF_BASE",

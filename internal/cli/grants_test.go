@@ -32,7 +32,8 @@ var (
 	readmeTaskerGrants = []string{
 		`GRANT USAGE ON SCHEMA tasker TO sweeper;`,
 		`GRANT SELECT ON tasker.workflow_steps, tasker.workflow_step_transitions,
-                tasker.workflow_step_edges, tasker.named_steps TO sweeper;`,
+                tasker.workflow_step_edges, tasker.named_steps,
+                tasker.tasks, tasker.named_tasks, tasker.task_namespaces TO sweeper;`,
 		`GRANT INSERT, UPDATE ON tasker.workflow_step_transitions TO sweeper;`,
 		`GRANT UPDATE ON tasker.workflow_steps TO sweeper;`,
 	}

@@ -69,7 +69,9 @@ func startupAttrs(ctx context.Context, cfg daemonConfig, conn *pgconn.Config, st
 		slog.String("backoff_max", cfg.handler.Backoff.Max.String()),
 		slog.Float64("backoff_multiplier", cfg.handler.Backoff.Multiplier),
 		slog.Bool("backoff_jitter", cfg.handler.Backoff.Jitter),
+		slog.String("tasker_env", cfg.handler.TaskerEnv),
 	)
+	attrs = append(attrs, policyAttrs(cfg.handler.Policy)...)
 	// The build's version and the ops listener's address come in extra.
 	return append(attrs, extra...)
 }

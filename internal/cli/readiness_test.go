@@ -211,7 +211,8 @@ func restrictedRole(t *testing.T, dbURL string) (string, *pgxpool.Pool) {
 	_, err = pool.Exec(ctx, strings.ReplaceAll(`
 GRANT USAGE ON SCHEMA tasker TO ROLE_NAME;
 GRANT SELECT ON tasker.workflow_steps, tasker.workflow_step_transitions,
-                tasker.workflow_step_edges, tasker.named_steps TO ROLE_NAME;
+                tasker.workflow_step_edges, tasker.named_steps,
+                tasker.tasks, tasker.named_tasks, tasker.task_namespaces TO ROLE_NAME;
 GRANT INSERT, UPDATE ON tasker.workflow_step_transitions TO ROLE_NAME;
 GRANT UPDATE ON tasker.workflow_steps TO ROLE_NAME;
 GRANT USAGE ON SCHEMA tasker_sweeper TO ROLE_NAME;

@@ -142,6 +142,7 @@ func TestReadmeEnvironmentFallbacksMatchTheFlags(t *testing.T) {
 		"check":     {"json", "timeout"},
 		"version":   {"json"},
 		"fail":      {"step", "message", "kind", "retryable", "retry-after", "http-status", "json"},
+		"policy":    {"step", "message", "kind", "retryable", "retry-after", "http-status", "json"},
 		"migrate":   {"tasker-schema"},
 		"demo":      {"database-url", "duration", "http-addr", "tasks"},
 	}

@@ -46,6 +46,10 @@ func (d *demo) printReport(ctx context.Context, store *db.Store, q queries, w *w
 	if err != nil {
 		return err
 	}
+	policies, err := q.retryPolicies(ctx, w.tasks)
+	if err != nil {
+		return err
+	}
 	actions, decisions, succeeded := w.tally.snapshot()
 
 	var t reportTable
@@ -67,6 +71,18 @@ func (d *demo) printReport(ctx context.Context, store *db.Store, q queries, w *w
 	t.section("INLINE HANDLER ACTION", "FAILURES")
 	for _, a := range actions {
 		t.row(string(a), int64(decisions[a].total), decisions[a].categories())
+	}
+	t.section("RETRY POLICY (step: where the delay came from)", "PARKED")
+	for _, p := range policies {
+		label := p.step + ": " + p.source
+		if p.source != "retry_after" && p.strategy != "" {
+			label += " " + p.strategy
+		}
+		delays := fmt.Sprintf("delays %d s", p.minSeconds)
+		if p.maxSeconds != p.minSeconds {
+			delays = fmt.Sprintf("delays %d–%d s", p.minSeconds, p.maxSeconds)
+		}
+		t.row(label, p.parked, delays)
 	}
 	t.section("SWEEPER", "")
 	t.row("sweeps run", d.sweeps.Load(), "schedule "+schedule)

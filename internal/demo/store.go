@@ -51,6 +51,7 @@ func (s queries) seed(ctx context.Context, p plan) (seeded, error) {
 	params := demosqlc.DemoSeedParams{
 		Namespace:     namespace,
 		TaskName:      taskName,
+		Configuration: []byte(templateConfiguration),
 		TaskUUIDs:     p.tasks,
 		StepUUIDs:     make([]uuid.UUID, n),
 		StepTasks:     make([]uuid.UUID, n),
@@ -136,4 +137,28 @@ func (s queries) sweepMoves(ctx context.Context, tasks []uuid.UUID) (sweepMoves,
 		return sweepMoves{}, fmt.Errorf("count sweep moves: %w", err)
 	}
 	return sweepMoves{moves: row.Moves, steps: row.Steps}, nil
+}
+
+// retryPolicy is one line of the report's retry-policy section.
+type retryPolicy struct {
+	step, source, strategy string
+	parked                 int64
+	minSeconds, maxSeconds int32
+}
+
+// retryPolicies counts the retries the handler parked among the demo's
+// steps, by step and by the policy that chose the delay.
+func (s queries) retryPolicies(ctx context.Context, tasks []uuid.UUID) ([]retryPolicy, error) {
+	rows, err := s.q.TransitionRetryPolicies(ctx, tasks)
+	if err != nil {
+		return nil, fmt.Errorf("count parked retries by policy: %w", err)
+	}
+	out := make([]retryPolicy, len(rows))
+	for i, r := range rows {
+		out[i] = retryPolicy{
+			step: r.StepName, source: r.Source, strategy: r.Strategy, parked: r.Parked,
+			minSeconds: r.MinSeconds, maxSeconds: r.MaxSeconds,
+		}
+	}
+	return out, nil
 }

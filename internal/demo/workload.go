@@ -13,6 +13,24 @@ import (
 // (edges a→b→c→d).
 var stepNames = [4]string{"validate_order", "charge_payment", "reserve_inventory", "send_confirmation"}
 
+// templateConfiguration is the demo task template as tasker stores it
+// (named_tasks.configuration): each step declares its own retry policy, so
+// the report shows linear, exponential, fibonacci and none at work. The
+// rate-limited failures' Retry-After still wins, capped at the step's cap.
+const templateConfiguration = `{
+  "name": "process_order", "namespace_name": "sweeper_demo", "version": "0.1.0",
+  "steps": [
+    {"name": "validate_order", "dependencies": [],
+     "retry": {"retryable": true, "max_attempts": 3, "backoff": "linear", "backoff_base_ms": 1000, "max_backoff_ms": 6000}},
+    {"name": "charge_payment", "dependencies": ["validate_order"],
+     "retry": {"retryable": true, "max_attempts": 3, "backoff": "exponential", "backoff_base_ms": 1000, "max_backoff_ms": 8000}},
+    {"name": "reserve_inventory", "dependencies": ["charge_payment"],
+     "retry": {"retryable": true, "max_attempts": 3, "backoff": "fibonacci", "backoff_base_ms": 1500, "max_backoff_ms": 5000}},
+    {"name": "send_confirmation", "dependencies": ["reserve_inventory"],
+     "retry": {"retryable": true, "max_attempts": 3, "backoff": "none"}}
+  ]
+}`
+
 const (
 	namespace = "sweeper_demo"
 	taskName  = "process_order"

@@ -57,6 +57,12 @@ var TaskerNeeds = []Need{
 	}, []string{"SELECT", "INSERT", "UPDATE"}},
 	{TaskerSchema, "workflow_step_edges", []string{"from_step_uuid", "to_step_uuid"}, []string{"SELECT"}},
 	{TaskerSchema, "named_steps", []string{"named_step_uuid", "name"}, []string{"SELECT"}},
+	// The task template of a failed step, for its declared retry policy.
+	{TaskerSchema, "tasks", []string{"task_uuid", "named_task_uuid"}, []string{"SELECT"}},
+	{TaskerSchema, "named_tasks", []string{
+		"named_task_uuid", "task_namespace_uuid", "name", "configuration", "updated_at",
+	}, []string{"SELECT"}},
+	{TaskerSchema, "task_namespaces", []string{"task_namespace_uuid", "name"}, []string{"SELECT"}},
 }
 
 // SweeperNeeds are the sweeper-owned tables, checked when their schema is

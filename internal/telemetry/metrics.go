@@ -34,6 +34,7 @@ var (
 		string(sweeper.TriggerCron), string(sweeper.TriggerTimer),
 		string(sweeper.TriggerNotify), string(sweeper.TriggerAdoption),
 	}
+	reloadOutcomes   = []string{"ok", "failed"}
 	emptyWakeReasons = []string{string(sweeper.TriggerTimer), string(sweeper.TriggerNotify), string(sweeper.TriggerAdoption)}
 	lagTriggers      = []string{
 		string(sweeper.TriggerTimer), string(sweeper.TriggerNotify), string(sweeper.TriggerAdoption),
@@ -69,6 +70,9 @@ type Metrics struct {
 	due          prometheus.Gauge
 	oldestDue    prometheus.Gauge
 	buildInfo    *prometheus.GaugeVec
+	ruleMatches  *prometheus.CounterVec
+	badTemplates prometheus.Counter
+	reloads      *prometheus.CounterVec
 	// now is the clock of the last-success gauge (tests pin it).
 	now func() time.Time
 }
@@ -177,12 +181,25 @@ func New() *Metrics {
 			Namespace: ns, Name: "build_info",
 			Help: "Always 1; the labels say which build is running.",
 		}, []string{"version", "revision", "goversion"}),
+		ruleMatches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "policy_rule_matches_total",
+			Help: "Failures a retry policy file's rule decided (the first that matched), by rule id; dry runs are not counted.",
+		}, []string{"rule"}),
+		badTemplates: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "template_policy_invalid_total",
+			Help: "Failures handled with the global policy because their task template's configuration does not parse.",
+		}),
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "policy_reloads_total",
+			Help: "Policy file reloads on SIGHUP by outcome: ok, failed (the policy in force stays).",
+		}, []string{"outcome"}),
 		now: time.Now,
 	}
 	m.registry.MustRegister(m.sweeps, m.transitioned, m.stranded, m.lostRaces, m.batches, m.duration, m.lag,
 		m.skippedTicks, m.decisions, m.databaseUp, m.adopted, m.reconciles, m.drift, m.locked,
 		m.wakeups, m.emptyWakeups, m.listenerUp,
 		m.dryRuns, m.lastSuccess, m.ready, m.waiting, m.due, m.oldestDue, m.buildInfo,
+		m.ruleMatches, m.badTemplates, m.reloads,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, vec := range []struct {
 		v      *prometheus.CounterVec
@@ -196,6 +213,7 @@ func New() *Metrics {
 		{m.adopted, adoptionPasses},
 		{m.wakeups, wakeReasons},
 		{m.emptyWakeups, emptyWakeReasons},
+		{m.reloads, reloadOutcomes},
 	} {
 		for _, value := range vec.values {
 			vec.v.WithLabelValues(value)
@@ -331,7 +349,7 @@ type decisionCounter struct {
 
 func (d decisionCounter) Handle(ctx context.Context, f handling.Failure) (handling.Result, error) {
 	res, err := d.next.Handle(ctx, f)
-	if err == nil {
+	if err == nil && !f.DryRun {
 		d.metrics.decisions.WithLabelValues(string(res.Action), string(res.Classification.Category)).Inc()
 	}
 	return res, err
@@ -352,3 +370,31 @@ func (m *Metrics) ListenerUp(up bool) { m.listenerUp.Set(boolGauge(up)) }
 // Adopted counts the steps the daemon's adoption loop adopted (fits
 // sweeper.AdoptionOptions.OnAdopted), as steps_adopted_total{pass="poll"}.
 func (m *Metrics) Adopted(n int) { m.adopted.WithLabelValues("poll").Add(float64(n)) }
+
+// PolicyHooks feed the inline handler's policy events into the metrics.
+func (m *Metrics) PolicyHooks() handling.PolicyHooks {
+	return handling.PolicyHooks{
+		RuleMatched:     func(rule string) { m.ruleMatches.WithLabelValues(rule).Inc() },
+		TemplateInvalid: func(string) { m.badTemplates.Inc() },
+	}
+}
+
+// PolicyLoaded exports every rule of a policy file at 0 (nil: none), so a
+// rule's counter exists before it first matches.
+func (m *Metrics) PolicyLoaded(p *handling.Policy) {
+	if p == nil {
+		return
+	}
+	for _, r := range p.Rules {
+		m.ruleMatches.WithLabelValues(r.ID)
+	}
+}
+
+// PolicyReloaded counts a SIGHUP reload of the policy file.
+func (m *Metrics) PolicyReloaded(ok bool) {
+	outcome := "ok"
+	if !ok {
+		outcome = "failed"
+	}
+	m.reloads.WithLabelValues(outcome).Inc()
+}

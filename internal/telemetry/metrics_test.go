@@ -139,13 +139,15 @@ func TestCountDecisions(t *testing.T) {
 	require.Equal(t, decided, res)
 	_, err = m.CountDecisions(stubHandler{err: handling.ErrConflict}).Handle(t.Context(), handling.Failure{})
 	require.ErrorIs(t, err, handling.ErrConflict)
+	_, err = m.CountDecisions(stubHandler{res: decided}).Handle(t.Context(), handling.Failure{DryRun: true})
+	require.NoError(t, err)
 
 	require.Equal(t, 1.0, counterValue(t, m.decisions.WithLabelValues("MarkedAsError", "Timeout")))
 	families, err := m.registry.Gather()
 	require.NoError(t, err)
 	for _, f := range families {
 		if f.GetName() == "tasker_sweeper_handler_decisions_total" {
-			require.Len(t, f.GetMetric(), 1, "an error is not a decision")
+			require.Len(t, f.GetMetric(), 1, "an error is not a decision, nor is a dry run")
 		}
 	}
 }
@@ -218,12 +220,16 @@ func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 		`tasker_sweeper_oldest_due_age_seconds 0`,
 		`tasker_sweeper_ready 0`,
 		`tasker_sweeper_database_up 0`,
+		`tasker_sweeper_template_policy_invalid_total 0`,
+		`tasker_sweeper_policy_reloads_total{outcome="ok"} 0`,
+		`tasker_sweeper_policy_reloads_total{outcome="failed"} 0`,
 		`tasker_sweeper_build_info{goversion="` + runtime.Version() + `",revision="`,
 		`go_goroutines `,
 	} {
 		require.Contains(t, body, series)
 	}
 	require.NotContains(t, body, "tasker_sweeper_handler_decisions_total{", "decisions have no known label set to start with")
+	require.NotContains(t, body, "tasker_sweeper_policy_rule_matches_total{", "no policy file, no rules")
 
 	// Once something happened, the rest of the families show up too.
 	m := New()
@@ -234,6 +240,12 @@ func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 	m.EmptyWake(sweeper.TriggerTimer)
 	m.ListenerUp(true)
 	m.Adopted(1)
+	pol, err := handling.ParsePolicy("p.yaml", []byte("rules:\n  - {id: slow, strategy: linear}\n  - {id: never, retryable: false}\n"))
+	require.NoError(t, err)
+	m.PolicyLoaded(pol)
+	m.PolicyHooks().RuleMatched("slow")
+	m.PolicyHooks().TemplateInvalid("ns/broken")
+	m.PolicyReloaded(false)
 	body = scrape(t, m)
 	for _, series := range []string{
 		`tasker_sweeper_handler_decisions_total{action="NoActionTaken",category=""} 1`,
@@ -241,6 +253,10 @@ func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 		`tasker_sweeper_empty_wakeups_total{reason="timer"} 1`,
 		`tasker_sweeper_listener_up 1`,
 		`tasker_sweeper_steps_adopted_total{pass="poll"} 1`,
+		`tasker_sweeper_policy_rule_matches_total{rule="slow"} 1`,
+		`tasker_sweeper_policy_rule_matches_total{rule="never"} 0`,
+		`tasker_sweeper_template_policy_invalid_total 1`,
+		`tasker_sweeper_policy_reloads_total{outcome="failed"} 1`,
 	} {
 		require.Contains(t, body, series)
 	}
@@ -252,7 +268,7 @@ func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 	}
 	slices.Sort(families)
 	want := readmeMetrics(t)
-	require.Len(t, want, 24, "README's Metrics table lists every family once: %v", want)
+	require.Len(t, want, 27, "README's Metrics table lists every family once: %v", want)
 	require.Equal(t, want, families, "exactly the README's metrics")
 }
 

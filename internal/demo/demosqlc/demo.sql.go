@@ -36,8 +36,9 @@ WITH task_list AS (
     UNION ALL
     SELECT task_namespace_uuid FROM tasker.task_namespaces WHERE name = $10::varchar
 ), new_named_task AS (
-    INSERT INTO tasker.named_tasks (task_namespace_uuid, name, description, created_at, updated_at)
-    SELECT task_namespace_uuid, $11::varchar, 'an order: validate, charge, reserve, confirm', now(), now()
+    INSERT INTO tasker.named_tasks (task_namespace_uuid, name, description, configuration, created_at, updated_at)
+    SELECT task_namespace_uuid, $11::varchar, 'an order: validate, charge, reserve, confirm',
+           $12::jsonb, now(), now()
     FROM namespace
     ON CONFLICT DO NOTHING
     RETURNING named_task_uuid
@@ -146,6 +147,7 @@ type DemoSeedParams struct {
 	StepEndedAgo  []int32
 	Namespace     string
 	TaskName      string
+	Configuration []byte
 }
 
 type DemoSeedRow struct {
@@ -175,6 +177,7 @@ func (q *Queries) DemoSeed(ctx context.Context, arg DemoSeedParams) (DemoSeedRow
 		arg.StepEndedAgo,
 		arg.Namespace,
 		arg.TaskName,
+		arg.Configuration,
 	)
 	var i DemoSeedRow
 	err := row.Scan(
@@ -325,4 +328,60 @@ func (q *Queries) TransitionCountSweepMoves(ctx context.Context, taskUuids []uui
 	var i TransitionCountSweepMovesRow
 	err := row.Scan(&i.Moves, &i.Steps)
 	return i, err
+}
+
+const transitionRetryPolicies = `-- name: TransitionRetryPolicies :many
+SELECT
+    ns.name::text AS step_name,
+    coalesce(t.metadata->'retry_policy'->>'source', '')::text AS source,
+    coalesce(t.metadata->'retry_policy'->>'strategy', '')::text AS strategy,
+    count(*)::bigint AS parked,
+    coalesce(min((t.metadata->>'backoff_seconds')::integer), 0)::integer AS min_seconds,
+    coalesce(max((t.metadata->>'backoff_seconds')::integer), 0)::integer AS max_seconds
+FROM tasker.workflow_step_transitions t
+JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = t.workflow_step_uuid
+JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+WHERE ws.task_uuid = ANY($1::uuid[])
+  AND t.to_state = 'waiting_for_retry'
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
+`
+
+type TransitionRetryPoliciesRow struct {
+	StepName   string
+	Source     string
+	Strategy   string
+	Parked     int64
+	MinSeconds int32
+	MaxSeconds int32
+}
+
+// The retries the inline handler parked among the steps of @task_uuids, by
+// step and by the policy that chose the delay (the provenance the handler
+// writes into the waiting_for_retry transition), with the delays' range.
+func (q *Queries) TransitionRetryPolicies(ctx context.Context, taskUuids []uuid.UUID) ([]TransitionRetryPoliciesRow, error) {
+	rows, err := q.db.Query(ctx, transitionRetryPolicies, taskUuids)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var items []TransitionRetryPoliciesRow
+	for rows.Next() {
+		var i TransitionRetryPoliciesRow
+		if err := rows.Scan(
+			&i.StepName,
+			&i.Source,
+			&i.Strategy,
+			&i.Parked,
+			&i.MinSeconds,
+			&i.MaxSeconds,
+		); err != nil {
+			return nil, err
+		}
+		items = append(items, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return items, nil
 }

@@ -43,8 +43,9 @@ WITH task_list AS (
     UNION ALL
     SELECT task_namespace_uuid FROM tasker.task_namespaces WHERE name = @namespace::varchar
 ), new_named_task AS (
-    INSERT INTO tasker.named_tasks (task_namespace_uuid, name, description, created_at, updated_at)
-    SELECT task_namespace_uuid, @task_name::varchar, 'an order: validate, charge, reserve, confirm', now(), now()
+    INSERT INTO tasker.named_tasks (task_namespace_uuid, name, description, configuration, created_at, updated_at)
+    SELECT task_namespace_uuid, @task_name::varchar, 'an order: validate, charge, reserve, confirm',
+           @configuration::jsonb, now(), now()
     FROM namespace
     ON CONFLICT DO NOTHING
     RETURNING named_task_uuid
@@ -194,3 +195,22 @@ FROM tasker.workflow_step_transitions t
 JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = t.workflow_step_uuid
 WHERE ws.task_uuid = ANY(@task_uuids::uuid[])
   AND t.metadata->>'actor' = 'tasker-sweeper/sweep';
+
+-- name: TransitionRetryPolicies :many
+-- The retries the inline handler parked among the steps of @task_uuids, by
+-- step and by the policy that chose the delay (the provenance the handler
+-- writes into the waiting_for_retry transition), with the delays' range.
+SELECT
+    ns.name::text AS step_name,
+    coalesce(t.metadata->'retry_policy'->>'source', '')::text AS source,
+    coalesce(t.metadata->'retry_policy'->>'strategy', '')::text AS strategy,
+    count(*)::bigint AS parked,
+    coalesce(min((t.metadata->>'backoff_seconds')::integer), 0)::integer AS min_seconds,
+    coalesce(max((t.metadata->>'backoff_seconds')::integer), 0)::integer AS max_seconds
+FROM tasker.workflow_step_transitions t
+JOIN tasker.workflow_steps ws ON ws.workflow_step_uuid = t.workflow_step_uuid
+JOIN tasker.named_steps ns ON ns.named_step_uuid = ws.named_step_uuid
+WHERE ws.task_uuid = ANY(@task_uuids::uuid[])
+  AND t.to_state = 'waiting_for_retry'
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3;
