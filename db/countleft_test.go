@@ -38,6 +38,7 @@ func TestCountDueLeftAppliesTheWholeRule(t *testing.T) {
 		park()                                                                                      // due
 		park(testdb.StepColumns{Attempts: testdb.Ptr[int32](0), Retryable: testdb.Ptr(false)})      // due: a first attempt is eligible
 		park(testdb.StepColumns{Attempts: testdb.Ptr[int32](3), MaxAttempts: testdb.Ptr[int32](3)}) // stranded
+		park(testdb.StepColumns{Retryable: testdb.Ptr(false)})                                      // stranded: not retryable
 		park(testdb.StepColumns{Processed: testdb.Ptr(true)})
 		park(testdb.StepColumns{InProcess: testdb.Ptr(true)})
 		park(testdb.StepColumns{LastAttemptedAgo: testdb.Ptr(time.Second), BackoffRequestSeconds: testdb.Ptr[int32](600)})

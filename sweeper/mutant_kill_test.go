@@ -312,8 +312,9 @@ func TestClaimsSkipLockedRows(t *testing.T) {
 
 // Adoption schedules a waiting step at its real due time: the backoff when
 // both columns are set, otherwise when it was parked; a step that is not
-// retry-eligible is marked stranded, one on its first attempt is not, even
-// when it is not retryable. Both ways a row joins from the tables are
+// retry-eligible (attempts used up, or not retryable after a first attempt)
+// is marked stranded, one on its first attempt is not, even when it is not
+// retryable. Both ways a row joins from the tables are
 // checked: the reconcile pass and the adoption pass.
 func TestAdoptionSchedulesAtTheRealDueTime(t *testing.T) {
 	t.Parallel()
@@ -341,6 +342,7 @@ func TestAdoptionSchedulesAtTheRealDueTime(t *testing.T) {
 			noBackoff := park(testdb.StepColumns{Attempts: i32(1)})
 			stranded := park(testdb.StepColumns{Attempts: i32(3), MaxAttempts: i32(3), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
 			firstAttempt := park(testdb.StepColumns{Attempts: i32(0), Retryable: testdb.Ptr(false), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
+			notRetryable := park(testdb.StepColumns{Attempts: i32(1), Retryable: testdb.Ptr(false), LastAttemptedAgo: testdb.Ptr(time.Hour), BackoffRequestSeconds: i32(1)})
 			// Waited once, retried, running again: not waiting, not adopted.
 			running := testdb.CreateTask(t, pool, testdb.TaskSpec{Steps: 1}).Steps[0]
 			testdb.PlaceHistory(t, pool, running, append(testdb.History(statemachine.WaitingForRetry),
@@ -357,7 +359,7 @@ func TestAdoptionSchedulesAtTheRealDueTime(t *testing.T) {
 				require.NoError(t, err)
 				joined = rec.Missing
 			}
-			require.EqualValues(t, 5, joined)
+			require.EqualValues(t, 6, joined)
 			_, ok := scheduleOf(t, pool, running)
 			require.False(t, ok, "only a current waiting_for_retry row is adopted")
 			dueAt := `SELECT last_attempted_at + backoff_request_seconds * interval '1 second', %s FROM tasker.workflow_steps WHERE workflow_step_uuid = $1`
@@ -367,6 +369,7 @@ func TestAdoptionSchedulesAtTheRealDueTime(t *testing.T) {
 				noBackoff:    `SELECT created_at, false FROM tasker.workflow_step_transitions WHERE workflow_step_uuid = $1 AND most_recent`,
 				stranded:     fmt.Sprintf(dueAt, "true"),
 				firstAttempt: fmt.Sprintf(dueAt, "false"),
+				notRetryable: fmt.Sprintf(dueAt, "true"),
 			} {
 				var wantRow scheduleRow
 				require.NoError(t, pool.QueryRow(ctx, want, step).Scan(&wantRow.DueAt, &wantRow.Stranded))
