@@ -99,8 +99,10 @@ func TestQueueEndpoints(t *testing.T) {
 			}
 			require.NoError(t, json.Unmarshal(res.body, &page))
 			for _, it := range page.Steps {
-				require.Equal(t, []string{"attempts", "due", "due_at", "entered_at", "last_error", "max_attempts", "name",
-					"namespace", "parked_by", "retryable", "state", "step_uuid", "task_name", "task_uuid", "why_not_due"}, keysOf(it))
+				require.Equal(t, []string{
+					"attempts", "due", "due_at", "entered_at", "last_error", "max_attempts", "name",
+					"namespace", "parked_by", "retryable", "state", "step_uuid", "task_name", "task_uuid", "why_not_due",
+				}, keysOf(it))
 				got = append(got, it["step_uuid"].(string))
 			}
 			if page.NextCursor == "" {
@@ -114,8 +116,10 @@ func TestQueueEndpoints(t *testing.T) {
 		require.NotContains(t, string(res.body), due1.String())
 
 		// Bad input: 400 with the API's error body.
-		for _, q := range []string{"state=running", "limit=0", "limit=1001", "limit=x", "cursor=zzz", "older_than=soon",
-			"task=nope", "colour=red", "cursor=" + sweeper.Cursor{State: sweeper.ListError, Step: due1}.Encode()} {
+		for _, q := range []string{
+			"state=running", "limit=0", "limit=1001", "limit=x", "cursor=zzz", "older_than=soon",
+			"task=nope", "colour=red", "cursor=" + sweeper.Cursor{State: sweeper.ListError, Step: due1}.Encode(),
+		} {
 			h.request(t, http.MethodGet, "/v1/steps?"+q, "").requireError(t, http.StatusBadRequest, "bad_request")
 		}
 
@@ -134,8 +138,10 @@ func TestQueueEndpoints(t *testing.T) {
 			requireError(t, http.StatusBadRequest, "bad_request")
 		res = h.request(t, http.MethodPost, "/v1/steps/"+stranded.String()+"/resolve", `{"reason":"data fixed by hand"}`, bearer...)
 		require.Equal(t, http.StatusOK, res.status, string(res.body))
-		require.Equal(t, map[string]any{"step_uuid": stranded.String(), "operation": "resolve", "from": "waiting_for_retry",
-			"to": "resolved_manually", "changed": true, "detail": "moved waiting_for_retry -> resolved_manually"}, res.json(t))
+		require.Equal(t, map[string]any{
+			"step_uuid": stranded.String(), "operation": "resolve", "from": "waiting_for_retry",
+			"to": "resolved_manually", "changed": true, "detail": "moved waiting_for_retry -> resolved_manually",
+		}, res.json(t))
 		state, meta := currentMetadata(t, h.pool, stranded)
 		require.Equal(t, "resolved_manually", state)
 		require.Equal(t, "data fixed by hand", meta["why"])
