@@ -56,8 +56,8 @@ func TestHealthyDatabaseIsReady(t *testing.T) {
 	require.Equal(t, "schedule", r.Path)
 	require.Equal(t, []string{CheckDatabase, CheckTaskerSchema, CheckPrivileges, CheckSweeperSchema, CheckSweepPath, CheckSweeps}, names(r))
 	require.Equal(t, "PostgreSQL 15.18 as sweeper, answered in 1.5ms", check(t, r, CheckDatabase).Detail)
-	require.Equal(t, "7 tables, 34 columns present", check(t, r, CheckTaskerSchema).Detail)
-	require.Equal(t, "role sweeper holds the 16 grants the sweeper needs", check(t, r, CheckPrivileges).Detail)
+	require.Equal(t, "7 tables, 35 columns present", check(t, r, CheckTaskerSchema).Detail)
+	require.Equal(t, "role sweeper holds the 18 grants the sweeper needs", check(t, r, CheckPrivileges).Detail)
 	require.Equal(t, "version 3 (current)", check(t, r, CheckSweeperSchema).Detail)
 
 	r = Evaluate(healthy(), Options{KnownVersion: 3})
