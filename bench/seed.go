@@ -82,14 +82,30 @@ var stepColumns = map[childKind]string{
 }
 
 // seedCatalogSQL creates the namespace, named task and named steps every
-// seeded task uses.
+// seeded task uses. The named task carries a task template (tasker's
+// serialised form) whose steps declare their retry policies, cycling
+// through the strategies, with a production override for every step: the
+// inline handler reads and applies it for each failure it handles.
 const seedCatalogSQL = `
 WITH ns AS (
     INSERT INTO tasker.task_namespaces (name, created_at, updated_at)
     VALUES ('bench', now(), now()) RETURNING task_namespace_uuid
 )
-INSERT INTO tasker.named_tasks (task_namespace_uuid, name, created_at, updated_at)
-SELECT task_namespace_uuid, 'process_order', now(), now() FROM ns;
+INSERT INTO tasker.named_tasks (task_namespace_uuid, name, configuration, created_at, updated_at)
+SELECT task_namespace_uuid, 'process_order', jsonb_build_object(
+    'name', 'process_order', 'namespace_name', 'bench', 'version', '1.0.0',
+    'steps', (SELECT jsonb_agg(jsonb_build_object(
+        'name', 'bench_step_' || p,
+        'handler', jsonb_build_object('callable', 'Bench::Step' || p),
+        'dependencies', CASE WHEN p = 0 THEN '[]'::jsonb ELSE '["bench_step_0"]'::jsonb END,
+        'retry', jsonb_build_object(
+            'retryable', true, 'max_attempts', 3,
+            'backoff', (ARRAY['exponential', 'linear', 'fibonacci', 'none'])[1 + p % 4],
+            'backoff_base_ms', 1000 * (1 + p % 3), 'max_backoff_ms', 60000)) ORDER BY p)
+        FROM generate_series(0, 9) p),
+    'environments', jsonb_build_object('production', jsonb_build_object(
+        'steps', jsonb_build_array(jsonb_build_object('name', 'ALL', 'retry', jsonb_build_object('max_backoff_ms', 30000)))))
+), now(), now() FROM ns;
 
 INSERT INTO tasker.named_steps (name, created_at, updated_at)
 SELECT 'bench_step_' || p, now(), now() FROM generate_series(0, 9) p;`
