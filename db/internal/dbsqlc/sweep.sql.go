@@ -131,10 +131,10 @@ SELECT
     (coalesce(ws.attempts, 0) = 0
        OR (ws.retryable AND coalesce(ws.attempts, 0) < coalesce(ws.max_attempts, 3)))::boolean AS retry_eligible,
     (SELECT count(*) FROM tasker.workflow_step_edges edge
-     LEFT JOIN tasker.workflow_step_transitions parent
-         ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
-     WHERE edge.to_step_uuid = ws.workflow_step_uuid
-       AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))::integer AS unmet_parents,
+        LEFT JOIN tasker.workflow_step_transitions parent
+            ON parent.workflow_step_uuid = edge.from_step_uuid AND parent.most_recent
+        WHERE edge.to_step_uuid = ws.workflow_step_uuid
+          AND coalesce(parent.to_state, 'pending') NOT IN ('complete', 'resolved_manually'))::integer AS unmet_parents,
     (coalesce(cur.to_state, 'pending') = 'waiting_for_retry' AND (NOT ws.processed
        AND NOT ws.in_process
        AND NOT coalesce((
