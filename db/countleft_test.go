@@ -79,6 +79,7 @@ func TestStrandedIsWhatTheRuleCannotRetry(t *testing.T) {
 		notRetryable := park(testdb.StepColumns{Attempts: i32(1), Retryable: testdb.Ptr(false)})
 		park(testdb.StepColumns{Attempts: i32(0), Retryable: testdb.Ptr(false)}) // first attempt
 		park(testdb.StepColumns{Attempts: i32(2), NullMaxAttempts: true})        // tasker's default of 3
+		nullMaxUsedUp := park(testdb.StepColumns{Attempts: i32(3), NullMaxAttempts: true})
 		store := db.NewStore(pool)
 		if objects == testdb.WithSweeperObjects {
 			_, err := store.Reconcile(ctx, 0)
@@ -86,11 +87,11 @@ func TestStrandedIsWhatTheRuleCannotRetry(t *testing.T) {
 		}
 		count, sample, err := store.Stranded(ctx, 10)
 		require.NoError(t, err)
-		require.EqualValues(t, 2, count)
+		require.EqualValues(t, 3, count)
 		got := make([]uuid.UUID, 0, len(sample))
 		for _, s := range sample {
 			got = append(got, s.StepUUID)
 		}
-		require.ElementsMatch(t, []uuid.UUID{usedUp, notRetryable}, got)
+		require.ElementsMatch(t, []uuid.UUID{usedUp, notRetryable, nullMaxUsedUp}, got)
 	})
 }
