@@ -96,6 +96,12 @@ type Deps struct {
 	// WakeMode says how sweeps are timed (GET /v1/status "wake_mode",
 	// *sweeper.Scheduler.WakeMode); nil leaves the field out.
 	WakeMode func() string
+	// SweepLog, when set, serves GET /v1/sweeps/recent.
+	SweepLog *SweepLog
+	// Page, when set, gives the web page's routes (GET patterns under
+	// /ui, internal/webui), handed the admin API itself to read from; they
+	// are served with the API's rules (logs, JSON errors, clean paths).
+	Page func(api http.Handler) map[string]http.Handler
 	// Token, when set, is the bearer token every POST endpoint requires.
 	Token string
 	// Logger gets request and failure logs; nil discards them.
@@ -182,6 +188,14 @@ func New(d Deps) http.Handler {
 	a.mux.Handle("POST /v1/sweeps", a.authorized(a.triggerSweep))
 	a.mux.Handle("POST /v1/steps/{uuid}/failures", a.authorized(a.reportFailure))
 	a.mux.Handle("POST /v1/steps/{uuid}/retry", a.authorized(a.retryStep))
+	if d.SweepLog != nil {
+		a.mux.HandleFunc("GET /v1/sweeps/recent", a.recentSweeps)
+	}
+	if d.Page != nil {
+		for pattern, h := range d.Page(a) {
+			a.mux.Handle(pattern, h)
+		}
+	}
 	return a
 }
 
