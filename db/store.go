@@ -28,6 +28,7 @@ import (
 type Store struct {
 	base
 	chosen atomic.Pointer[pathStore]
+	queue  queueState
 }
 
 // base is what both paths share: the pool, the queries and the clock.

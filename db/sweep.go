@@ -24,13 +24,21 @@ type claim struct {
 // claim (FOR UPDATE SKIP LOCKED) and move in one transaction, a fixed
 // number of statements whatever the batch size.
 func (s *base) moveDueBatch(ctx context.Context, p pathStore, b sweeper.Batch) (sweeper.BatchResult, error) {
-	meta, err := statemachine.Metadata(statemachine.RetryEvent(), time.Now(), map[string]any{
+	prov := map[string]any{
 		"actor":    "tasker-sweeper/sweep",
 		"why":      retryReason(b),
 		"sweep_id": b.SweepID.String(),
 		"batch":    b.Number,
 		"forced":   b.Force,
-	})
+	}
+	for k, v := range b.Provenance {
+		// An operator's retry: who asked and why replace the sweep's.
+		if k == "why" && v == "" {
+			continue
+		}
+		prov[k] = v
+	}
+	meta, err := statemachine.Metadata(statemachine.RetryEvent(), time.Now(), prov)
 	if err != nil {
 		return sweeper.BatchResult{}, fmt.Errorf("build metadata: %w", err)
 	}

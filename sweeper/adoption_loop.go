@@ -60,7 +60,11 @@ func (a *AdoptionLoop) Run(ctx context.Context) error {
 	failing := false
 	for {
 		if a.opts.DatabaseReady == nil || a.opts.DatabaseReady() {
-			res, err := ds.Adopt(ctx)
+			var res Adoption
+			paused, err := a.sw.checkPause(ctx)
+			if err == nil && !paused {
+				res, err = ds.Adopt(ctx)
+			}
 			switch {
 			case errors.Is(err, ErrNoSchedule):
 				return ErrNoSchedule

@@ -42,6 +42,9 @@ type Batch struct {
 	// NotifyChannel, when set, gets a pg_notify with the task ids whose steps
 	// became pending, in the same transaction.
 	NotifyChannel string
+	// Provenance, when set (an operator's retry of one step), is merged
+	// into the transition metadata: who asked, why, the operation.
+	Provenance map[string]any
 }
 
 // Moved is one step a batch moved to pending.
@@ -259,10 +262,13 @@ type Summary struct {
 	FailedBatches int   `json:"failed_batches"`
 	// Interrupted means a shutdown stopped the sweep before it was done:
 	// every batch that ran is committed or rolled back whole.
-	Interrupted bool          `json:"interrupted"`
-	StartedAt   time.Time     `json:"started_at"`
-	Duration    time.Duration `json:"-"`
-	DurationMS  float64       `json:"duration_ms"`
+	Interrupted bool `json:"interrupted"`
+	// Paused means the replicas' pause switch was on: the sweep moved
+	// nothing (or stopped before its next batch).
+	Paused     bool          `json:"paused,omitempty"`
+	StartedAt  time.Time     `json:"started_at"`
+	Duration   time.Duration `json:"-"`
+	DurationMS float64       `json:"duration_ms"`
 	// MaxLag is the largest due-to-pending lag of the steps the sweep moved
 	// (moved at minus due at, never negative); zero when none moved.
 	MaxLag   time.Duration `json:"-"`
@@ -274,8 +280,11 @@ type Summary struct {
 type Hooks struct {
 	// BatchDone runs after every batch transaction, with its error if any.
 	BatchDone func(BatchResult, error)
-	// SweepDone runs after every sweep.
+	// SweepDone runs after every sweep (not after one the pause switch
+	// stopped before it began).
 	SweepDone func(Summary, error)
+	// PauseChecked is told the pause switch each time a sweep reads it.
+	PauseChecked func(Pause)
 }
 
 // Sweeper runs sweeps against a Store.
@@ -290,6 +299,8 @@ type Sweeper struct {
 	stranded strandedLog
 	// now is the clock of the log rate limits (tests replace it).
 	now func() time.Time
+	// paused is the pause switch as last read (logged when it flips).
+	paused atomic.Bool
 	// aborted is cancelled by AbortBatches (set up on first use).
 	abortOnce sync.Once
 	aborted   context.Context
@@ -331,6 +342,18 @@ type sweepOptions struct {
 func (s *Sweeper) run(ctx context.Context, o sweepOptions) (Summary, error) {
 	sum := Summary{SweepID: newSweepID(), DryRun: o.dryRun, Trigger: o.trigger, StartedAt: time.Now()}
 	log := s.logger.With(slog.String("sweep_id", sum.SweepID.String()))
+	if !o.dryRun {
+		// The pause switch stops every replica: nothing of the sweep runs
+		// (not even adoption or the re-evaluation), and nothing is counted.
+		paused, err := s.checkPause(ctx)
+		if err != nil {
+			return sum, err
+		}
+		if paused {
+			sum.Paused = true
+			return sum, nil
+		}
+	}
 	var err error
 	if o.trigger.Timed() && !o.dryRun {
 		err = s.sweepDue(ctx, log, &sum, o.reevaluate)
@@ -560,6 +583,17 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 	runAlone, sideBySide := true, false
 	for {
 		for !exhausted.Load() && ctx.Err() == nil {
+			if number > 0 {
+				// The sweep read the switch before its first batch; every
+				// later batch reads it again, so a pause stops a long sweep
+				// within one batch.
+				paused, err := s.checkPause(ctx)
+				if err == nil && paused {
+					sum.Paused = true
+					exhausted.Store(true)
+					break
+				}
+			}
 			number++
 			batch := Batch{
 				SweepID: sum.SweepID, Number: number, Limit: s.cfg.BatchSize, Window: int(window.Load()),
@@ -671,8 +705,16 @@ func (s *Sweeper) abortContext() context.Context {
 // statemachine.ErrLostRace when another writer moved it between claim and
 // move.
 func (s *Sweeper) MoveStep(ctx context.Context, step uuid.UUID, force bool) (Moved, error) {
+	return s.MoveStepAudited(ctx, step, force, nil)
+}
+
+// MoveStepAudited is MoveStep with provenance (who asked, why) merged into
+// the transition metadata. It is an operator's act: the pause switch does
+// not stop it.
+func (s *Sweeper) MoveStepAudited(ctx context.Context, step uuid.UUID, force bool, prov map[string]any) (Moved, error) {
 	res, err := s.runBatch(ctx, Batch{
 		SweepID: newSweepID(), Number: 1, Limit: 1, OnlyStep: &step, Force: force, NotifyChannel: s.cfg.NotifyChannel,
+		Provenance: prov,
 	}, TriggerManual)
 	if err != nil {
 		return Moved{}, err
@@ -684,6 +726,31 @@ func (s *Sweeper) MoveStep(ctx context.Context, step uuid.UUID, force bool) (Mov
 		return Moved{}, fmt.Errorf("move step %s: another writer moved it first: %w", step, statemachine.ErrLostRace)
 	}
 	return Moved{}, ErrNotDue
+}
+
+// checkPause reads the replicas' pause switch (never paused for a store
+// without one), tells the hook, and logs when it flips.
+func (s *Sweeper) checkPause(ctx context.Context) (bool, error) {
+	pr, ok := s.store.(PauseReader)
+	if !ok {
+		return false, nil
+	}
+	p, err := pr.PauseState(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read the pause switch: %w", err)
+	}
+	if s.hooks.PauseChecked != nil {
+		s.hooks.PauseChecked(p)
+	}
+	if s.paused.Swap(p.Paused) != p.Paused {
+		if p.Paused {
+			s.logger.Warn("sweeps paused: this replica moves no step until 'sweeper resume'",
+				slog.String("paused_by", p.By), slog.String("reason", p.Reason))
+		} else {
+			s.logger.Info("sweeps resumed")
+		}
+	}
+	return p.Paused, nil
 }
 
 // ErrInterrupted means a shutdown stopped a sweep before every due step was

@@ -96,6 +96,10 @@ type Deps struct {
 	// WakeMode says how sweeps are timed (GET /v1/status "wake_mode",
 	// *sweeper.Scheduler.WakeMode); nil leaves the field out.
 	WakeMode func() string
+	// Queue, when set, serves the retry queue: GET /v1/steps, the detail
+	// of GET /v1/steps/{uuid}, resolve, cancel and grant, pause and resume,
+	// and the pause switch in GET /v1/status.
+	Queue QueueOperator
 	// SweepLog, when set, serves GET /v1/sweeps/recent.
 	SweepLog *SweepLog
 	// Page, when set, gives the web page's routes (GET patterns under
@@ -104,6 +108,9 @@ type Deps struct {
 	Page func(api http.Handler) map[string]http.Handler
 	// Token, when set, is the bearer token every POST endpoint requires.
 	Token string
+	// TokenName, when set, names the token's holder in the audit of every
+	// manual change.
+	TokenName string
 	// Logger gets request and failure logs; nil discards them.
 	Logger *slog.Logger
 	// StatusMaxAge is how long GET /v1/status serves one computed answer:
@@ -188,6 +195,9 @@ func New(d Deps) http.Handler {
 	a.mux.Handle("POST /v1/sweeps", a.authorized(a.triggerSweep))
 	a.mux.Handle("POST /v1/steps/{uuid}/failures", a.authorized(a.reportFailure))
 	a.mux.Handle("POST /v1/steps/{uuid}/retry", a.authorized(a.retryStep))
+	if d.Queue != nil {
+		a.routeQueue()
+	}
 	if d.SweepLog != nil {
 		a.mux.HandleFunc("GET /v1/sweeps/recent", a.recentSweeps)
 	}
@@ -506,12 +516,17 @@ func (a *server) stepStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	due, reason := sd.Due()
-	writeJSON(w, http.StatusOK, stepStatusResponse{
+	status := stepStatusResponse{
 		StepUUID: sd.StepUUID, State: sd.State, Due: due, Reason: reason,
 		DueAt: sd.DueAt.UTC(), DueFromBackoff: sd.DueFromBackoff,
 		Processed: sd.Processed, InProcess: sd.InProcess, RetryEligible: sd.RetryEligible, Retryable: sd.Retryable,
 		Attempts: sd.Attempts, MaxAttempts: sd.MaxAttempts, UnmetParents: sd.UnmetParents, DBNow: sd.DBNow.UTC(),
-	})
+	}
+	if a.Queue != nil {
+		a.showStep(w, r, step, status)
+		return
+	}
+	writeJSON(w, http.StatusOK, status)
 }
 
 // retryResponse is POST /v1/steps/{uuid}/retry's answer.
@@ -539,7 +554,29 @@ func (a *server) retryStep(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	mv, err := a.Steps.MoveStep(r.Context(), step, force)
+	// An optional body gives the reason, recorded with who asked.
+	var req pauseRequest
+	if r.ContentLength > 0 && !decodeJSON(w, r, &req) {
+		return
+	}
+	var (
+		mv  sweeper.Moved
+		err error
+	)
+	if am, ok := a.Steps.(auditedMover); ok {
+		auditNote(r, slog.String("reason", req.Reason))
+		au := a.auditOf(r, req.Reason)
+		prov := map[string]any{
+			"actor": au.Actor, "why": au.Reason, "operation": string(sweeper.OpRetry), "manual": true,
+			"via": au.Via, "remote_addr": au.RemoteAddr,
+		}
+		if au.TokenName != "" {
+			prov["token_name"] = au.TokenName
+		}
+		mv, err = am.MoveStepAudited(r.Context(), step, force, prov)
+	} else {
+		mv, err = a.Steps.MoveStep(r.Context(), step, force)
+	}
 	switch {
 	case err == nil:
 		writeJSON(w, http.StatusOK, retryResponse{
@@ -585,6 +622,8 @@ type statusResponse struct {
 	NextDueAt     *time.Time                   `json:"next_due_at"`
 	// WakeMode is at_due (the timer gate, cron as the safety net) or cron.
 	WakeMode string `json:"wake_mode,omitempty"`
+	// Pause is the replicas' pause switch (with the queue).
+	Pause *sweeper.Pause `json:"pause,omitempty"`
 }
 
 // getStatus answers GET /v1/status from the status cache; readiness is
@@ -604,6 +643,15 @@ func (a *server) getStatus(w http.ResponseWriter, r *http.Request) {
 	resp.Ready = ready
 	if a.WakeMode != nil {
 		resp.WakeMode = a.WakeMode()
+	}
+	if a.Queue != nil {
+		// Read at every request, not cached: one row by primary key.
+		p, err := a.Queue.PauseState(r.Context())
+		if err != nil {
+			a.internalError(w, r, "read the pause switch", err)
+			return
+		}
+		resp.Pause = &p
 	}
 	writeJSON(w, http.StatusOK, resp)
 }

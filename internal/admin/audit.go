@@ -21,6 +21,11 @@ var auditActions = map[string]string{
 	"POST /v1/sweeps":                "sweep",
 	"POST /v1/steps/{uuid}/failures": "failure",
 	"POST /v1/steps/{uuid}/retry":    "retry",
+	"POST /v1/steps/{uuid}/resolve":  "resolve",
+	"POST /v1/steps/{uuid}/cancel":   "cancel",
+	"POST /v1/steps/{uuid}/grant":    "grant",
+	"POST /v1/pause":                 "pause",
+	"POST /v1/resume":                "resume",
 }
 
 // audit collects what a handler adds to its request's audit line.
@@ -116,6 +121,14 @@ func outcomeAttrs(action string, status int, body []byte) []slog.Attr {
 			pick("final_state", "backoff_applied_seconds", "next_retry_at", "attempts")...)
 	case "retry":
 		return append([]slog.Attr{slog.String("outcome", "moved")}, pick("forced", "due_at", "moved_at")...)
+	case "resolve", "cancel", "grant":
+		return append([]slog.Attr{slog.String("outcome", "changed")}, pick("from", "to", "detail")...)
+	case "pause", "resume":
+		outcome := "unchanged"
+		if changed, _ := ans["changed"].(bool); changed {
+			outcome = action + "d"
+		}
+		return append([]slog.Attr{slog.String("outcome", outcome)}, pick("paused", "by", "since")...)
 	}
 	return []slog.Attr{slog.String("outcome", "ok")}
 }

@@ -30,6 +30,8 @@ type daemonConfig struct {
 	handler     handling.Config
 	httpAddr    string
 	adminToken  string
+	// adminTokenName names the token's holder in the audit of manual changes.
+	adminTokenName string
 	// opsAddr serves only the probes and /metrics, with no token; empty:
 	// no ops listener.
 	opsAddr string
@@ -81,6 +83,7 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	schedule := f.fs.String("schedule", "@every 5s", "cron spec for sweeps: 5 fields, 6 with seconds, or @every/@hourly")
 	httpAddr := f.fs.String("http-addr", "127.0.0.1:9090", "admin API listen address")
 	token := f.fs.String("admin-token", "", "bearer token for the admin API's POST endpoints (required off loopback)")
+	tokenName := f.fs.String("admin-token-name", "", "who holds the admin token, recorded with every manual change made through the API")
 	opsAddr := f.fs.String("ops-addr", ":9464",
 		"ops listener: only /metrics, /healthz and /readyz, no token (empty: none)")
 	grace := f.fs.Duration("shutdown-grace", 30*time.Second,
@@ -90,12 +93,13 @@ func daemonFlags(f *flags) func() (daemonConfig, error) {
 	f.env("schedule", "SWEEPER_SCHEDULE")
 	f.env("http-addr", "SWEEPER_HTTP_ADDR")
 	f.env("admin-token", "SWEEPER_ADMIN_TOKEN")
+	f.env("admin-token-name", "SWEEPER_ADMIN_TOKEN_NAME")
 	f.env("ops-addr", "SWEEPER_OPS_ADDR")
 	f.env("shutdown-grace", "SWEEPER_SHUTDOWN_GRACE")
 	return func() (daemonConfig, error) {
 		cfg := daemonConfig{
 			databaseURL: *dbURL, schedule: *schedule, sweep: *sweepCfg, handler: *handlerCfg,
-			httpAddr: *httpAddr, adminToken: *token, opsAddr: *opsAddr, grace: *grace, reconcileInterval: *reconcile,
+			httpAddr: *httpAddr, adminToken: *token, adminTokenName: *tokenName, opsAddr: *opsAddr, grace: *grace, reconcileInterval: *reconcile,
 			wake: *wake,
 		}
 		if err := checkReconcileInterval(cfg.reconcileInterval); err != nil {
@@ -305,10 +309,12 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 		Readiness:  health,
 		Preflight:  ready,
 		WakeMode:   sched.WakeMode,
+		Queue:      sweeper.NewOperator(store, sw, logger),
 		Metrics:    metrics.Handler(),
 		SweepLog:   sweepLog,
 		Page:       webui.New(webui.Options{TokenRequired: cfg.adminToken != "", Logger: logger}).Routes,
 		Token:      cfg.adminToken,
+		TokenName:  cfg.adminTokenName,
 		Logger:     logger,
 	}), admin.DefaultLimits(), logger)}
 	listeners := []net.Listener{listener}
@@ -333,7 +339,7 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	logger.LogAttrs(ctx, slog.LevelInfo, "sweeper running",
 		startupAttrs(ctx, cfg, &poolCfg.ConnConfig.Config, store, listener.Addr().String(),
 			append([]slog.Attr{slog.String("version", buildinfo.Get().Version), slog.String("ops_addr", opsAddr)},
-				gate.logAttrs()...)...)...)
+				append(gate.logAttrs(), pauseAttrs(ctx, store)...)...)...)...)
 	if hooks.started != nil {
 		hooks.started(listener.Addr().String())
 	}

@@ -43,6 +43,10 @@ func runStatus(ctx context.Context, e env, args []string) error {
 	if err != nil {
 		return err
 	}
+	pause, err := store.PauseState(ctx)
+	if err != nil {
+		return err
+	}
 
 	var next *time.Time
 	if due.NotYetDue > 0 {
@@ -60,6 +64,7 @@ func runStatus(ctx context.Context, e env, args []string) error {
 			"next_due_at":     next,
 			"stranded":        due.Stranded,
 			"stranded_sample": ids,
+			"pause":           pause,
 		})
 	}
 	w := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -70,7 +75,8 @@ func runStatus(ctx context.Context, e env, args []string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "\ndue now: %d\nwaiting, not yet due: %d\n", due.Due, due.NotYetDue)
+	fmt.Fprintf(e.stdout, "\nsweeps: %s\n", pauseLine(pause, true))
+	fmt.Fprintf(e.stdout, "due now: %d\nwaiting, not yet due: %d\n", due.Due, due.NotYetDue)
 	if next != nil {
 		fmt.Fprintf(e.stdout, "next due at: %s\n", next.UTC().Format(time.RFC3339))
 	}

@@ -158,3 +158,23 @@ func demote(level slog.Level) slog.Level {
 	}
 	return level
 }
+
+// pauseAttrs says, for the start-up line, whether the replicas' pause
+// switch is on (and who paused, why, since when); nothing when the
+// database does not answer yet.
+func pauseAttrs(ctx context.Context, store sweeper.PauseReader) []slog.Attr {
+	pctx, cancel := context.WithTimeout(ctx, startupPathTimeout)
+	defer cancel()
+	p, err := store.PauseState(pctx)
+	if err != nil {
+		return []slog.Attr{slog.String("paused", "unknown (the database does not answer yet)")}
+	}
+	attrs := []slog.Attr{slog.Bool("paused", p.Paused)}
+	if p.Paused {
+		attrs = append(attrs, slog.String("paused_by", p.By), slog.String("pause_reason", p.Reason))
+		if p.Since != nil {
+			attrs = append(attrs, slog.Time("paused_since", *p.Since))
+		}
+	}
+	return attrs
+}

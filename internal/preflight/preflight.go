@@ -49,7 +49,7 @@ const SweeperSchema = "tasker_sweeper"
 var TaskerNeeds = []Need{
 	{TaskerSchema, "workflow_steps", []string{
 		"workflow_step_uuid", "task_uuid", "named_step_uuid", "retryable", "max_attempts", "in_process",
-		"processed", "attempts", "last_attempted_at", "backoff_request_seconds", "created_at", "updated_at",
+		"processed", "attempts", "last_attempted_at", "backoff_request_seconds", "results", "created_at", "updated_at",
 	}, []string{"SELECT", "UPDATE"}},
 	{TaskerSchema, "workflow_step_transitions", []string{
 		"workflow_step_transition_uuid", "workflow_step_uuid", "to_state", "from_state", "metadata",
@@ -68,6 +68,11 @@ var SweeperNeeds = []Need{
 		[]string{"SELECT", "INSERT", "UPDATE", "DELETE"},
 	},
 	{SweeperSchema, "adoption", []string{"id", "watermark", "last_full_pass"}, []string{"SELECT", "UPDATE"}},
+	{
+		SweeperSchema, "pause",
+		[]string{"id", "paused", "paused_by", "reason", "since", "updated_at"},
+		[]string{"SELECT", "UPDATE"},
+	},
 }
 
 // Relation is one table as the catalog describes it to the sweeper's role.

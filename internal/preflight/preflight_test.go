@@ -56,8 +56,8 @@ func TestHealthyDatabaseIsReady(t *testing.T) {
 	require.Equal(t, "schedule", r.Path)
 	require.Equal(t, []string{CheckDatabase, CheckTaskerSchema, CheckPrivileges, CheckSweeperSchema, CheckSweepPath, CheckSweeps}, names(r))
 	require.Equal(t, "PostgreSQL 15.18 as sweeper, answered in 1.5ms", check(t, r, CheckDatabase).Detail)
-	require.Equal(t, "4 tables, 25 columns present", check(t, r, CheckTaskerSchema).Detail)
-	require.Equal(t, "role sweeper holds the 13 grants the sweeper needs", check(t, r, CheckPrivileges).Detail)
+	require.Equal(t, "4 tables, 26 columns present", check(t, r, CheckTaskerSchema).Detail)
+	require.Equal(t, "role sweeper holds the 15 grants the sweeper needs", check(t, r, CheckPrivileges).Detail)
 	require.Equal(t, "version 3 (current)", check(t, r, CheckSweeperSchema).Detail)
 
 	r = Evaluate(healthy(), Options{KnownVersion: 3})

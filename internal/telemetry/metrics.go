@@ -62,6 +62,7 @@ type Metrics struct {
 	wakeups      *prometheus.CounterVec
 	emptyWakeups *prometheus.CounterVec
 	listenerUp   prometheus.Gauge
+	paused       prometheus.Gauge
 	dryRuns      prometheus.Counter
 	lastSuccess  prometheus.Gauge
 	ready        prometheus.Gauge
@@ -149,6 +150,10 @@ func New() *Metrics {
 			Namespace: ns, Name: "listener_up",
 			Help: "1 while the connection listening for parked steps (the timer gate's notifications) is up.",
 		}),
+		paused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "paused",
+			Help: "1 while the replicas' pause switch is on (sweeper pause): no sweep moves a step; as of the last sweep's look.",
+		}),
 		dryRuns: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "dry_runs_total",
 			Help: "Dry-run sweeps (POST /v1/sweeps?dry_run=true), whatever their outcome: they move nothing.",
@@ -181,7 +186,7 @@ func New() *Metrics {
 	}
 	m.registry.MustRegister(m.sweeps, m.transitioned, m.stranded, m.lostRaces, m.batches, m.duration, m.lag,
 		m.skippedTicks, m.decisions, m.databaseUp, m.adopted, m.reconciles, m.drift, m.locked,
-		m.wakeups, m.emptyWakeups, m.listenerUp,
+		m.wakeups, m.emptyWakeups, m.listenerUp, m.paused,
 		m.dryRuns, m.lastSuccess, m.ready, m.waiting, m.due, m.oldestDue, m.buildInfo,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for _, vec := range []struct {
@@ -216,7 +221,7 @@ func (m *Metrics) Handler() http.Handler {
 
 // SweepHooks feeds sweep and batch outcomes into the metrics.
 func (m *Metrics) SweepHooks() sweeper.Hooks {
-	return sweeper.Hooks{BatchDone: m.batchDone, SweepDone: m.sweepDone}
+	return sweeper.Hooks{BatchDone: m.batchDone, SweepDone: m.sweepDone, PauseChecked: m.PauseChecked}
 }
 
 func (m *Metrics) batchDone(res sweeper.BatchResult, err error) {
@@ -345,6 +350,9 @@ func (m *Metrics) Wake(reason sweeper.Trigger) { m.wakeups.WithLabelValues(strin
 func (m *Metrics) EmptyWake(reason sweeper.Trigger) {
 	m.emptyWakeups.WithLabelValues(string(reason)).Inc()
 }
+
+// PauseChecked records the pause switch as a sweep read it.
+func (m *Metrics) PauseChecked(p sweeper.Pause) { m.paused.Set(boolGauge(p.Paused)) }
 
 // ListenerUp records the state of the park listener's connection.
 func (m *Metrics) ListenerUp(up bool) { m.listenerUp.Set(boolGauge(up)) }

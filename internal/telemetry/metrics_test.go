@@ -234,12 +234,14 @@ func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 	m.EmptyWake(sweeper.TriggerTimer)
 	m.ListenerUp(true)
 	m.Adopted(1)
+	m.PauseChecked(sweeper.Pause{Paused: true})
 	body = scrape(t, m)
 	for _, series := range []string{
 		`tasker_sweeper_handler_decisions_total{action="NoActionTaken",category=""} 1`,
 		`tasker_sweeper_wakeups_total{reason="timer"} 1`,
 		`tasker_sweeper_empty_wakeups_total{reason="timer"} 1`,
 		`tasker_sweeper_listener_up 1`,
+		`tasker_sweeper_paused 1`,
 		`tasker_sweeper_steps_adopted_total{pass="poll"} 1`,
 	} {
 		require.Contains(t, body, series)
@@ -252,7 +254,7 @@ func TestHandlerServesExactlyTheREADMEsMetrics(t *testing.T) {
 	}
 	slices.Sort(families)
 	want := readmeMetrics(t)
-	require.Len(t, want, 24, "README's Metrics table lists every family once: %v", want)
+	require.Len(t, want, 25, "README's Metrics table lists every family once: %v", want)
 	require.Equal(t, want, families, "exactly the README's metrics")
 }
 

@@ -42,6 +42,15 @@ type TaskerSweeperGooseVersion struct {
 	Tstamp    time.Time
 }
 
+type TaskerSweeperPause struct {
+	ID        int32
+	Paused    bool
+	PausedBy  *string
+	Reason    *string
+	Since     *time.Time
+	UpdatedAt time.Time
+}
+
 type TaskerSweeperRetrySchedule struct {
 	WorkflowStepUUID uuid.UUID
 	DueAt            time.Time
