@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
+	"github.com/tasker-sweeper/retrysweeper/db"
 	"github.com/tasker-sweeper/retrysweeper/internal/admin"
 	"github.com/tasker-sweeper/retrysweeper/internal/testdb"
 	"github.com/tasker-sweeper/retrysweeper/internal/webui"
@@ -84,9 +85,16 @@ func TestPageUnderTheAdminRules(t *testing.T) {
 	h, deps := newHarnessDeps(t, func(d *admin.Deps) {
 		d.SweepLog = admin.NewSweepLog(0)
 		d.Page = webui.New(webui.Options{}).Routes
+		d.Queue = sweeper.NewOperator(d.Status.(*db.Store), d.Steps.(*sweeper.Sweeper), d.Logger)
 	})
 	serveDeps(t, h, deps)
 	testdb.SeedDue(t, h.pool, 3)
+	// The listing reads the schedule: let it adopt the seeded steps, as the
+	// daemon's adoption loop would.
+	_, err := h.store.Adopt(t.Context())
+	require.NoError(t, err)
+	var due uuid.UUID
+	require.NoError(t, h.pool.QueryRow(t.Context(), `SELECT workflow_step_uuid FROM tasker.workflow_steps LIMIT 1`).Scan(&due))
 
 	resp := h.request(t, http.MethodGet, "/ui", "")
 	require.Equal(t, http.StatusOK, resp.status, "%s", resp.body)
@@ -94,6 +102,8 @@ func TestPageUnderTheAdminRules(t *testing.T) {
 	require.Contains(t, string(resp.body), `<td class="num" data-state="waiting_for_retry">3</td>`)
 	require.Contains(t, string(resp.body), `<span class="n" id="due-now">3</span>`)
 	require.Contains(t, string(resp.body), "No sweep yet.")
+	require.Contains(t, string(resp.body), `<button type="button" data-action="retry" data-step="`+due.String()+`"`)
+	require.Contains(t, string(resp.body), "No stranded step.")
 	require.Equal(t, http.StatusOK, h.request(t, http.MethodGet, "/ui/app.js", "").status)
 	require.Equal(t, http.StatusOK, h.request(t, http.MethodHead, "/ui", "").status)
 

@@ -236,10 +236,10 @@ type (
 		Pause         *pause           `json:"pause"`
 	}
 	pause struct {
-		Paused bool      `json:"paused"`
-		By     string    `json:"by"`
-		Reason string    `json:"reason"`
-		Since  time.Time `json:"since"`
+		Paused bool       `json:"paused"`
+		By     string     `json:"by"`
+		Reason string     `json:"reason"`
+		Since  *time.Time `json:"since"`
 	}
 	stepsResponse struct {
 		Steps      []step `json:"steps"`
