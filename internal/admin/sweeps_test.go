@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
@@ -112,7 +111,7 @@ func TestPageUnderTheAdminRules(t *testing.T) {
 	}
 	h.request(t, http.MethodGet, "/ui/../ui", "").requireError(t, http.StatusNotFound, "not_found")
 	out := h.request(t, http.MethodPost, "/ui", "").requireError(t, http.StatusMethodNotAllowed, "method_not_allowed")
-	require.True(t, strings.Contains(out["error"].(string), "GET"), out["error"])
+	require.Contains(t, out["error"], "GET")
 }
 
 // serveDeps serves deps for the harness h.

@@ -99,6 +99,7 @@
     }
     const label = p.a.verb + (p.who ? " " + p.who : "");
     say(label + "…");
+    body.dataset.busy = "true"; // until the page shows what came of it
     try {
       const resp = await fetch(p.a.path(p.step), { method: "POST", headers: headers, body: payload });
       let answer = {};
@@ -115,7 +116,8 @@
     } catch (e) {
       say(label + " failed: " + e.message, "bad");
     }
-    refresh();
+    await refresh();
+    delete body.dataset.busy;
   }
 
   function adopt(live) {
