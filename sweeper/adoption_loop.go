@@ -61,7 +61,16 @@ func (a *AdoptionLoop) Run(ctx context.Context) error {
 	for {
 		if a.opts.DatabaseReady == nil || a.opts.DatabaseReady() {
 			var res Adoption
-			paused, err := a.sw.checkPause(ctx)
+			// The scan path has nothing to adopt: say so before anything
+			// else. On the schedule path a pause stops adoption too.
+			path, err := a.sw.store.Path(ctx)
+			if err == nil && path == PathScan {
+				return ErrNoSchedule
+			}
+			paused := false
+			if err == nil {
+				paused, err = a.sw.checkPause(ctx)
+			}
 			if err == nil && !paused {
 				res, err = ds.Adopt(ctx)
 			}

@@ -75,7 +75,7 @@ func runStatus(ctx context.Context, e env, args []string) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "\nsweeps: %s\n", pauseLine(pause, true))
+	fmt.Fprintf(e.stdout, "\nsweeps: %s\n", pauseLine(pause, pause.Paused))
 	fmt.Fprintf(e.stdout, "due now: %d\nwaiting, not yet due: %d\n", due.Due, due.NotYetDue)
 	if next != nil {
 		fmt.Fprintf(e.stdout, "next due at: %s\n", next.UTC().Format(time.RFC3339))
