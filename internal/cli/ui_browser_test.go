@@ -100,8 +100,8 @@ func TestBrowserPage(t *testing.T) {
 
 	// Retry a due step: confirm, and it is pending in the database.
 	b.act(`#waiting button[data-action="retry"][data-step="`+dueA.String()+`"]`, nil)
-	b.eventually("the retried step to be pending", func() bool { return stateOf(t, pool, dueA) == statemachine.Pending })
-	require.Equal(t, statemachine.WaitingForRetry, stateOf(t, pool, dueB), "only the clicked step moved")
+	b.eventually("the retried step to be pending", func() bool { return uiStateOf(t, pool, dueA) == statemachine.Pending })
+	require.Equal(t, statemachine.WaitingForRetry, uiStateOf(t, pool, dueB), "only the clicked step moved")
 	b.flashSays("Retry")
 
 	// Grant two more attempts to a stranded step: eligible again (it moves
@@ -109,12 +109,12 @@ func TestBrowserPage(t *testing.T) {
 	b.act(`#stranded-steps button[data-action="grant"][data-step="`+strandedA.String()+`"]`,
 		map[string]string{"#confirm-attempts": "2", "#confirm-reason": "quota raised"})
 	b.eventually("the granted attempts", func() bool { return maxAttemptsOf(t, pool, strandedA) == 5 })
-	require.Equal(t, statemachine.WaitingForRetry, stateOf(t, pool, strandedA))
+	require.Equal(t, statemachine.WaitingForRetry, uiStateOf(t, pool, strandedA))
 
 	// Resolve the other by hand.
 	b.act(`#stranded-steps button[data-action="resolve"][data-step="`+strandedB.String()+`"]`,
 		map[string]string{"#confirm-reason": "fixed by hand"})
-	b.eventually("the resolved step", func() bool { return stateOf(t, pool, strandedB) == statemachine.ResolvedManually })
+	b.eventually("the resolved step", func() bool { return uiStateOf(t, pool, strandedB) == statemachine.ResolvedManually })
 	var reason string
 	require.NoError(t, pool.QueryRow(ctx, `SELECT metadata::text FROM tasker.workflow_step_transitions
 		WHERE workflow_step_uuid = $1 AND most_recent`, strandedB).Scan(&reason))
@@ -189,7 +189,7 @@ GROUP BY 1`)
 	return out
 }
 
-func stateOf(t *testing.T, pool *pgxpool.Pool, step uuid.UUID) statemachine.State {
+func uiStateOf(t *testing.T, pool *pgxpool.Pool, step uuid.UUID) statemachine.State {
 	t.Helper()
 	var s string
 	require.NoError(t, pool.QueryRow(context.Background(), `SELECT to_state FROM tasker.workflow_step_transitions

@@ -405,7 +405,7 @@ func lagChart(newestFirst []sweep) chart {
 	if top > 0 {
 		c.Max = formatMS(top)
 	}
-	slot := chartWidth / max(n, DefaultSweepBars)
+	slot := chartWidth / max(n, chartSlots)
 	for i := range n {
 		s := newestFirst[n-1-i]
 		h := 1 // a sweep that moved nothing still shows
@@ -426,9 +426,9 @@ func lagChart(newestFirst []sweep) chart {
 	return c
 }
 
-// DefaultSweepBars is the fewest bar slots the chart divides its width
-// into, so a few sweeps do not make a few wide bars.
-const DefaultSweepBars = 50
+// chartSlots is the fewest bar slots the chart divides its width into, so
+// a few sweeps do not make a few wide bars.
+const chartSlots = 50
 
 // formatMS formats milliseconds for people: 850 ms, 4.2 s, 3m12s.
 func formatMS(ms float64) string {
