@@ -101,6 +101,15 @@ lint: $(LINT) ## golangci-lint
 test: ## Run every test with -race (starts a throwaway PostgreSQL unless TEST_DATABASE_URL is set)
 	$(GO) test -race -count=1 $(TESTFLAGS) ./...
 
+# The browser test is behind a build tag: it needs Chromium (Debian:
+# apt-get install chromium; or CHROMIUM=/path/to/it), and fails without one.
+# UI_SCREENSHOT=path saves the page's screenshot there (default: the test's
+# temporary directory).
+.PHONY: ui-test
+ui-test: ## Run the web page's browser test: headless Chromium against the daemon and a throwaway PostgreSQL
+	$(GO) vet -tags browser ./internal/cli/
+	$(GO) test -race -count=1 -tags browser -run '^TestBrowser' -v $(TESTFLAGS) ./internal/cli/
+
 .PHONY: mutants
 mutants: ## Mutation test of the SQL (db/queries/mutants.txt): every mutant must fail a test (~12 min on 2 cores; MUTANTSFLAGS='-run Claim' for some, '-check' to only check the list)
 	$(GO) run ./internal/mutants $(MUTANTSFLAGS)

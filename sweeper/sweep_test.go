@@ -376,3 +376,28 @@ FROM tasker.workflow_step_transitions`).Scan(&pendingRows, &mostRecent, &multi))
 	require.Equal(t, steps, mostRecent)
 	require.Zero(t, multi)
 }
+
+// A sweep reports the largest due-to-pending lag of the steps it moved
+// (the seeded steps fell due 59 min 59 s ago), and none when it moved
+// nothing.
+func TestSweepReportsTheLargestLagOfWhatItMoved(t *testing.T) {
+	t.Parallel()
+	testdb.BothPaths(t, func(t *testing.T, objects testdb.Objects) {
+		pool := testdb.NewFor(t, objects)
+		testdb.SeedDue(t, pool, 3)
+		sw, err := sweeper.New(db.NewStore(pool), sweeper.DefaultConfig(), discard, sweeper.Hooks{})
+		require.NoError(t, err)
+
+		sum, err := sw.RunOnce(t.Context(), false)
+		require.NoError(t, err)
+		require.Equal(t, 3, sum.Transitioned)
+		require.GreaterOrEqual(t, sum.MaxLag, time.Hour-time.Second)
+		require.Less(t, sum.MaxLag, time.Hour+time.Minute)
+		require.InDelta(t, float64(sum.MaxLag.Microseconds())/1000, sum.MaxLagMS, 0.001)
+
+		again, err := sw.RunOnce(t.Context(), false)
+		require.NoError(t, err)
+		require.Zero(t, again.Transitioned)
+		require.Zero(t, again.MaxLag)
+	})
+}

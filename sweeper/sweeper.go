@@ -269,6 +269,10 @@ type Summary struct {
 	StartedAt  time.Time     `json:"started_at"`
 	Duration   time.Duration `json:"-"`
 	DurationMS float64       `json:"duration_ms"`
+	// MaxLag is the largest due-to-pending lag of the steps the sweep moved
+	// (moved at minus due at, never negative); zero when none moved.
+	MaxLag   time.Duration `json:"-"`
+	MaxLagMS float64       `json:"max_lag_ms"`
 }
 
 // Hooks let the caller observe sweeps (metrics) without the sweeper knowing
@@ -358,6 +362,7 @@ func (s *Sweeper) run(ctx context.Context, o sweepOptions) (Summary, error) {
 	}
 	sum.Duration = time.Since(sum.StartedAt)
 	sum.DurationMS = float64(sum.Duration.Microseconds()) / 1000
+	sum.MaxLagMS = float64(sum.MaxLag.Microseconds()) / 1000
 	s.report(log, sum, err)
 	if s.hooks.SweepDone != nil {
 		s.hooks.SweepDone(sum, err)
@@ -631,6 +636,11 @@ func (s *Sweeper) runBatches(ctx context.Context, log *slog.Logger, sum *Summary
 				}
 				sum.Transitioned += len(res.Moved)
 				sum.LostRaces += res.Claimed - len(res.Moved)
+				for _, mv := range res.Moved {
+					if !mv.DueAt.IsZero() {
+						sum.MaxLag = max(sum.MaxLag, mv.MovedAt.Sub(mv.DueAt))
+					}
+				}
 				return nil
 			}
 			if runAlone {

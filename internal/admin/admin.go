@@ -100,6 +100,12 @@ type Deps struct {
 	// of GET /v1/steps/{uuid}, resolve, cancel and grant, pause and resume,
 	// and the pause switch in GET /v1/status.
 	Queue QueueOperator
+	// SweepLog, when set, serves GET /v1/sweeps/recent.
+	SweepLog *SweepLog
+	// Page, when set, gives the web page's routes (GET patterns under
+	// /ui, internal/webui), handed the admin API itself to read from; they
+	// are served with the API's rules (logs, JSON errors, clean paths).
+	Page func(api http.Handler) map[string]http.Handler
 	// Token, when set, is the bearer token every POST endpoint requires.
 	Token string
 	// TokenName, when set, names the token's holder in the audit of every
@@ -191,6 +197,14 @@ func New(d Deps) http.Handler {
 	a.mux.Handle("POST /v1/steps/{uuid}/retry", a.authorized(a.retryStep))
 	if d.Queue != nil {
 		a.routeQueue()
+	}
+	if d.SweepLog != nil {
+		a.mux.HandleFunc("GET /v1/sweeps/recent", a.recentSweeps)
+	}
+	if d.Page != nil {
+		for pattern, h := range d.Page(a) {
+			a.mux.Handle(pattern, h)
+		}
 	}
 	return a
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/tasker-sweeper/retrysweeper/internal/buildinfo"
 	"github.com/tasker-sweeper/retrysweeper/internal/preflight"
 	"github.com/tasker-sweeper/retrysweeper/internal/telemetry"
+	"github.com/tasker-sweeper/retrysweeper/internal/webui"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
@@ -266,9 +267,11 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 	}
 	sweepHooks := metrics.SweepHooks()
 	recordSweep := sweepHooks.SweepDone
+	sweepLog := admin.NewSweepLog(0)
 	sweepHooks.SweepDone = func(sum sweeper.Summary, err error) {
 		recordSweep(sum, err)
 		sweeps.sweepDone(sum, err)
+		sweepLog.SweepDone(sum, err)
 		if hooks.sweepDone != nil {
 			hooks.sweepDone(sum, err)
 		}
@@ -308,6 +311,8 @@ func serveDaemon(ctx context.Context, cfg daemonConfig, logger *slog.Logger, hoo
 		WakeMode:   sched.WakeMode,
 		Queue:      sweeper.NewOperator(store, sw, logger),
 		Metrics:    metrics.Handler(),
+		SweepLog:   sweepLog,
+		Page:       webui.New(webui.Options{TokenRequired: cfg.adminToken != "", Logger: logger}).Routes,
 		Token:      cfg.adminToken,
 		TokenName:  cfg.adminTokenName,
 		Logger:     logger,
