@@ -73,7 +73,10 @@ func judge(t *testing.T, url string) verdict {
 	t.Helper()
 	env := []string{"DATABASE_URL=" + url}
 	v := verdict{check: runCLI(t, env, "check")}
-	d := startDaemon(t, env, "--http-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0", "--schedule", "@every 1h")
+	// Only the probes are judged: no sweep may run (the timer gate would
+	// adopt and move the caller's due steps while the daemon is up).
+	d := startDaemon(t, env, "--http-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0", "--schedule", "@every 1h",
+		"--wake-at-due=false")
 	ops := receive(t, d.ops, 10*time.Second, "the ops listener")
 	admin := receive(t, d.addr, 10*time.Second, "the admin API")
 	status, body := httpGet(t, "http://"+ops+"/readyz")
