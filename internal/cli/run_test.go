@@ -130,12 +130,17 @@ func TestRunSweepsOnScheduleAndStopsOnCancel(t *testing.T) {
 	status, _ := httpGet(t, "http://"+addr+"/readyz")
 	require.Equal(t, http.StatusOK, status)
 
-	moved := 0
+	moved, batches := 0, 0
 	for moved < 25 {
 		sum := receive(t, d.sweeps, 20*time.Second, "a scheduled sweep")
 		require.False(t, sum.DryRun)
 		moved += sum.Transitioned
+		batches += sum.Batches
 	}
+	// At least three batches of 10; how the 25 split between them depends
+	// on which sweep (cron or the timer gate) found them and on batches
+	// side by side, so the metric is checked against the summaries.
+	require.GreaterOrEqual(t, batches, 3)
 	require.Equal(t, 25, moved)
 	require.Zero(t, countWaiting(t, pool))
 
@@ -143,7 +148,7 @@ func TestRunSweepsOnScheduleAndStopsOnCancel(t *testing.T) {
 	require.Equal(t, http.StatusOK, status)
 	require.Contains(t, body, "tasker_sweeper_steps_transitioned_total 25")
 	require.Contains(t, body, "tasker_sweeper_database_up 1")
-	require.Contains(t, body, `tasker_sweeper_batches_total{outcome="moved"} 3`)
+	require.Contains(t, body, fmt.Sprintf(`tasker_sweeper_batches_total{outcome="moved"} %d`, batches))
 
 	require.Equal(t, 0, d.stop(t), d.logs.String())
 	logs := d.logs.String()
