@@ -85,7 +85,9 @@ var stepColumns = map[childKind]string{
 // seeded task uses. The named task carries a task template (tasker's
 // serialised form) whose steps declare their retry policies, cycling
 // through the strategies, with a production override for every step: the
-// inline handler reads and applies it for each failure it handles.
+// inline handler reads and applies it for each failure it handles. The
+// delays (30 s and more) outlast the handler scenario, so it measures the
+// handler, not sweeps of the steps it parks falling due meanwhile.
 const seedCatalogSQL = `
 WITH ns AS (
     INSERT INTO tasker.task_namespaces (name, created_at, updated_at)
@@ -100,11 +102,11 @@ SELECT task_namespace_uuid, 'process_order', jsonb_build_object(
         'dependencies', CASE WHEN p = 0 THEN '[]'::jsonb ELSE '["bench_step_0"]'::jsonb END,
         'retry', jsonb_build_object(
             'retryable', true, 'max_attempts', 3,
-            'backoff', (ARRAY['exponential', 'linear', 'fibonacci', 'none'])[1 + p % 4],
-            'backoff_base_ms', 1000 * (1 + p % 3), 'max_backoff_ms', 60000)) ORDER BY p)
+            'backoff', (ARRAY['exponential', 'linear', 'fibonacci'])[1 + p % 3],
+            'backoff_base_ms', 30000 * (1 + p % 2), 'max_backoff_ms', 600000)) ORDER BY p)
         FROM generate_series(0, 9) p),
     'environments', jsonb_build_object('production', jsonb_build_object(
-        'steps', jsonb_build_array(jsonb_build_object('name', 'ALL', 'retry', jsonb_build_object('max_backoff_ms', 30000)))))
+        'steps', jsonb_build_array(jsonb_build_object('name', 'ALL', 'retry', jsonb_build_object('max_backoff_ms', 300000)))))
 ), now(), now() FROM ns;
 
 INSERT INTO tasker.named_steps (name, created_at, updated_at)
