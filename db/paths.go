@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/tasker-sweeper/retrysweeper/db/internal/dbsqlc"
 	"github.com/tasker-sweeper/retrysweeper/handling"
+	"github.com/tasker-sweeper/retrysweeper/statemachine"
 	"github.com/tasker-sweeper/retrysweeper/sweeper"
 )
 
@@ -19,6 +22,12 @@ type pathStore interface {
 	// afterMove runs in the batch's transaction once the moved steps are
 	// pending (the schedule path drops their rows).
 	afterMove(ctx context.Context, q *dbsqlc.Queries, moved []sweeper.Moved) error
+	// The queue operations' path-specific parts (queue.go): which listing
+	// serves a state, and what follows a manual change or a grant in its
+	// transaction (the schedule path keeps its rows in step).
+	listing(state sweeper.ListState) listing
+	afterManualChange(ctx context.Context, q *dbsqlc.Queries, step uuid.UUID, to statemachine.State) error
+	afterGrant(ctx context.Context, q *dbsqlc.Queries, step uuid.UUID) error
 	prepare(ctx context.Context) (sweeper.Preparation, error)
 	countDueLeft(ctx context.Context) (int64, error)
 	stranded(ctx context.Context, sample int) (int64, []sweeper.StrandedStep, error)

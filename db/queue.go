@@ -55,7 +55,8 @@ func (s *Store) ListSteps(ctx context.Context, q sweeper.StepQuery) (sweeper.Ste
 		name = &q.Name
 	}
 	limit := int32(q.Limit)
-	byDue := p.path() == sweeper.PathSchedule && (q.State == sweeper.ListWaiting || q.State == sweeper.ListDue)
+	kind := p.listing(q.State)
+	byDue := kind == listByDue
 	if byDue != (cur.DueAt != "") && q.Cursor != "" {
 		return sweeper.StepPage{}, &sweeper.InputError{
 			Field:   "cursor",
@@ -66,8 +67,8 @@ func (s *Store) ListSteps(ctx context.Context, q sweeper.StepQuery) (sweeper.Ste
 		items []sweeper.StepItem
 		dues  []string
 	)
-	switch {
-	case byDue:
+	switch kind {
+	case listByDue:
 		var after *string
 		if cur.DueAt != "" {
 			after = &cur.DueAt
@@ -83,7 +84,7 @@ func (s *Store) ListSteps(ctx context.Context, q sweeper.StepQuery) (sweeper.Ste
 			items = append(items, stepItem(dbsqlc.StepShowRow(stepRowOf(r))))
 			dues = append(dues, r.SortDueAt)
 		}
-	case p.path() == sweeper.PathSchedule && q.State == sweeper.ListStranded:
+	case listStranded:
 		rows, err := s.q.StepListStranded(ctx, dbsqlc.StepListStrandedParams{
 			Now: s.now(), AfterStep: cur.Step, TaskUUID: q.Task, StepName: name, OlderThanSeconds: older, RowLimit: limit,
 		})
@@ -125,6 +126,64 @@ func (s *Store) ListSteps(ctx context.Context, q sweeper.StepQuery) (sweeper.Ste
 		page.NextCursor = last.Encode()
 	}
 	return page, nil
+}
+
+// listing is the query a step listing reads.
+type listing int
+
+const (
+	listByState  listing = iota // tasker's index of current transitions, in step order
+	listByDue                   // the retry schedule in due order (schedule path)
+	listStranded                // the schedule's index of stranded rows (schedule path)
+)
+
+// The scan path keeps no schedule: every listing reads the transitions,
+// and a manual change or a grant has nothing to keep in step.
+func (*scanStore) listing(sweeper.ListState) listing { return listByState }
+
+func (*scanStore) afterManualChange(context.Context, *dbsqlc.Queries, uuid.UUID, statemachine.State) error {
+	return nil
+}
+
+func (*scanStore) afterGrant(context.Context, *dbsqlc.Queries, uuid.UUID) error { return nil }
+
+// On the schedule path the waiting and due steps are listed from the
+// schedule in due order and the stranded ones from its stranded index.
+func (*scheduleStore) listing(state sweeper.ListState) listing {
+	switch state {
+	case sweeper.ListWaiting, sweeper.ListDue:
+		return listByDue
+	case sweeper.ListStranded:
+		return listStranded
+	default:
+		return listByState
+	}
+}
+
+// afterManualChange drops the schedule row of a step a manual change took
+// out of waiting_for_retry.
+func (*scheduleStore) afterManualChange(ctx context.Context, q *dbsqlc.Queries, step uuid.UUID, to statemachine.State) error {
+	if to == statemachine.WaitingForRetry {
+		return nil
+	}
+	if err := q.ScheduleDrop(ctx, step); err != nil {
+		return fmt.Errorf("drop step %s from the schedule: %w", step, asSentinel(err))
+	}
+	return nil
+}
+
+// afterGrant re-times a granted step's schedule row (no longer stranded;
+// due when its backoff has passed) and tells every daemon's timer, as a
+// park does.
+func (s *scheduleStore) afterGrant(ctx context.Context, q *dbsqlc.Queries, step uuid.UUID) error {
+	due, err := q.ScheduleRetime(ctx, dbsqlc.ScheduleRetimeParams{Now: s.now(), WorkflowStepUUID: step})
+	if err != nil {
+		return fmt.Errorf("re-time step %s on the schedule: %w", step, asSentinel(err))
+	}
+	if due == "" {
+		return nil
+	}
+	return asSentinel(q.SweepNotify(ctx, dbsqlc.SweepNotifyParams{Channel: ParkedChannel, Payload: due}))
 }
 
 // stepRowOf drops the schedule listing's sort key.
@@ -344,12 +403,7 @@ func (s *Store) ManualTransition(ctx context.Context, t sweeper.ManualTransition
 		if err != nil {
 			return err
 		}
-		if p.path() == sweeper.PathSchedule && res.To != statemachine.WaitingForRetry {
-			if err := q.ScheduleDrop(ctx, t.Step); err != nil {
-				return fmt.Errorf("drop step %s from the schedule: %w", t.Step, asSentinel(err))
-			}
-		}
-		return nil
+		return p.afterManualChange(ctx, q, t.Step, res.To)
 	})
 }
 
@@ -387,18 +441,7 @@ func (s *Store) GrantAttempts(ctx context.Context, g sweeper.Grant) error {
 		if err != nil {
 			return fmt.Errorf("record the grant on step %s: %w", step, asSentinel(err))
 		}
-		if p.path() != sweeper.PathSchedule {
-			return nil
-		}
-		due, err := q.ScheduleRetime(ctx, dbsqlc.ScheduleRetimeParams{Now: s.now(), WorkflowStepUUID: step})
-		if err != nil {
-			return fmt.Errorf("re-time step %s on the schedule: %w", step, asSentinel(err))
-		}
-		if due == "" {
-			return nil
-		}
-		// Every daemon's timer hears of it, as of a park.
-		return asSentinel(q.SweepNotify(ctx, dbsqlc.SweepNotifyParams{Channel: ParkedChannel, Payload: due}))
+		return p.afterGrant(ctx, q, step)
 	})
 }
 
